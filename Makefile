@@ -1,0 +1,45 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both go through `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+JARS := .cache/jars
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo test lint bench clean help
+
+help:
+	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
+	@echo "make demo   - generate a 3-hospital sample and run bronze -> silver -> gold -> train -> score"
+	@echo "make test   - run the test suite (what CI runs)"
+	@echo "make lint   - ruff"
+	@echo "make clean  - remove var/ (all generated data, Delta tables, MLflow stores)"
+
+setup: $(VENV)/.installed $(JARS)/MANIFEST
+
+$(VENV)/.installed: pyproject.toml
+	@command -v java >/dev/null || { echo "error: java not found: Spark 4 needs Java 17 (apt-get install openjdk-17-jre-headless)"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(JARS)/MANIFEST: support/delta-jars/pom.xml $(VENV)/.installed
+	$(BIN)/python -m lakehouse.jars fetch --pom support/delta-jars/pom.xml --cache $(JARS)
+
+demo: setup
+	$(BIN)/lakehouse run-all
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check lakehouse jobs tests
+
+bench: setup
+	@echo "benchmarks arrive with the bronze and scale issues"; exit 2
+
+clean:
+	rm -rf var spark-warehouse metastore_db derby.log

@@ -1,0 +1,156 @@
+"""Bronze: land each hospital's files as received (strings) with lineage, once per file version.
+
+The landing folder is organised `<landing>/<hospital_id>/<day>/<file>`. Each file is matched to an
+entity by its hospital's source contract, fingerprinted (sha256, computed on the executors), and
+skipped when the ledger already holds the same path and checksum. New files are read with the
+contract's encoding and delimiter, their columns renamed to bronze names (unmapped columns are kept
+in `_extra`), and appended; `ops.ingest_ledger` gets one row per file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from lakehouse import io
+from lakehouse.catalog import BRONZE, BRONZE_COLUMNS, INGEST_LEDGER, SOURCE_SYSTEM
+from lakehouse.config import EntitySource, Settings
+from lakehouse.io import Written
+
+BOM = "\ufeff"
+LANDED, SKIPPED, UNMATCHED, FAILED = "landed", "skipped", "unmatched", "failed"
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    path: str
+    size: int
+    sha256: str
+    hospital_id: str | None
+    entity: str | None
+    reason: str | None = None
+
+
+def list_landing(spark: SparkSession, landing: str) -> DataFrame:
+    """Every file under the landing folder with its size and sha256 (hashed on the executors)."""
+    return (spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(landing)
+            .select(F.col("path"), F.col("length").alias("size"), F.sha2("content", 256).alias("sha256")))
+
+
+def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | None, str | None, str | None]:
+    """(hospital_id, entity, reason): which contract entity a landed file belongs to, if any."""
+    relative = path.split(landing.rstrip("/").split("://")[-1], 1)[-1].strip("/")
+    parts = relative.split("/")
+    hospital = parts[0] if len(parts) >= 2 else None
+    contract = settings.sources.get(hospital or "")
+    if contract is None:
+        return hospital, None, f"no source contract for hospital folder {hospital!r}"
+    name = parts[-1]
+    for entity, source in contract.entities.items():
+        if fnmatch.fnmatch(name, source.pattern):
+            return hospital, entity, None
+    return hospital, None, f"file name {name!r} matches no entity pattern of {hospital}"
+
+
+def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[list[LandingFile], list[LandingFile]]:
+    """Split the landing folder into files to ingest and files already in the ledger (same checksum)."""
+    listed = list_landing(spark, landing)
+    ledger = io.read_or_empty(spark, INGEST_LEDGER, settings.root).where(F.col("status") == LANDED)
+    seen = ledger.select("path", "sha256").distinct().withColumn("_seen", F.lit(True))
+    rows = listed.join(seen, ["path", "sha256"], "left").collect()  # one row per file, not per record
+    new, skipped = [], []
+    for row in sorted(rows, key=lambda r: r.path):
+        hospital, entity, reason = match_contract(settings, landing, row.path)
+        item = LandingFile(row.path, row.size, row.sha256, hospital, entity, reason)
+        (skipped if row._seen else new).append(item)
+    return new, skipped
+
+
+def read_source(spark: SparkSession, source: EntitySource, paths: list[str]) -> DataFrame:
+    return (spark.read
+            .option("header", str(source.header).lower())
+            .option("sep", source.delimiter)
+            .option("encoding", source.encoding)
+            .option("inferSchema", "false")
+            .option("mode", "PERMISSIVE")
+            .csv(paths)
+            .select("*", F.col("_metadata.file_path").alias("_source_file")))
+
+
+def to_bronze(raw: DataFrame, source: EntitySource, entity: str, hospital_id: str, batch_id: str) -> DataFrame:
+    """Rename to bronze columns, keep unmapped columns in `_extra`, and add lineage."""
+    raw = raw.toDF(*[c.lstrip(BOM) for c in raw.columns])
+    vendor_to_bronze = {vendor: bronze for bronze, vendor in source.columns.items()}
+    missing = [v for v in vendor_to_bronze if v not in raw.columns]
+    if missing:
+        raise ValueError(f"columns missing from the file: {missing}")
+    unmapped = [c for c in raw.columns if c not in vendor_to_bronze and c != "_source_file"]
+    extra = (F.map_from_arrays(F.array(*[F.lit(c) for c in unmapped]), F.array(*[F.col(f"`{c}`") for c in unmapped]))
+             if unmapped else F.create_map().cast("map<string,string>"))
+    columns = [F.col(f"`{source.columns[c]}`").alias(c) for c in BRONZE_COLUMNS[entity]]
+    line_order = Window.partitionBy("_source_file").orderBy("_row_id")
+    header_lines = 1 if source.header else 0
+    return (raw
+            .withColumn("_row_id", F.monotonically_increasing_id())
+            .select(*columns,
+                    F.lit(hospital_id).alias("_hospital_id"),
+                    F.lit(SOURCE_SYSTEM[entity]).alias("_source_system"),
+                    F.col("_source_file"),
+                    (F.row_number().over(line_order) + header_lines).cast("bigint").alias("_source_line"),
+                    F.lit(batch_id).alias("_batch_id"),
+                    F.current_timestamp().alias("_ingested_at"),
+                    record_hash(BRONZE_COLUMNS[entity]).alias("_record_hash"),
+                    extra.alias("_extra")))
+
+
+def record_hash(columns: tuple[str, ...]) -> Column:
+    return F.sha2(F.concat_ws("\u241f", *[F.coalesce(F.col(f"`{c}`"), F.lit("\u2400")) for c in columns]), 256)
+
+
+def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str) -> tuple[list[Written], dict]:
+    """Land every new file; return what was written and counts for the run summary."""
+    new, skipped = plan_files(spark, settings, landing)
+    ledger_rows = [_ledger_row(f, batch_id, 0, 0, UNMATCHED, f.reason) for f in new if f.entity is None]
+    written: dict[str, Written] = {}
+    groups: dict[tuple[str, str], list[LandingFile]] = {}
+    for f in new:
+        if f.entity is not None:
+            groups.setdefault((f.hospital_id, f.entity), []).append(f)
+    by_entity: dict[str, list] = {}
+    for (hospital_id, entity), files in sorted(groups.items()):
+        source = settings.sources[hospital_id].entities[entity]
+        try:
+            frame = to_bronze(read_source(spark, source, [f.path for f in files]), source, entity, hospital_id,
+                              batch_id)
+            by_entity.setdefault(entity, []).append((frame, files))
+        except Exception as err:  # a file that cannot be read is recorded and the rest go on
+            for f in files:
+                ledger_rows.append(_ledger_row(f, batch_id, 0, 0, FAILED, f"{type(err).__name__}: {err}"[:1000]))
+    for entity, parts in sorted(by_entity.items()):
+        bronze = reduce(DataFrame.unionByName, [frame for frame, _ in parts]).persist()
+        per_file = dict(bronze.groupBy("_source_file").count().collect())  # one row per file
+        written[entity] = io.append(spark, bronze, BRONZE[entity], settings.root)  # one commit per entity
+        bronze.unpersist()
+        for _, files in parts:
+            for f in files:
+                rows = per_file.get(f.path, 0)
+                ledger_rows.append(_ledger_row(f, batch_id, rows, rows, LANDED, None))
+    if ledger_rows:
+        ledger = (spark.createDataFrame(ledger_rows, INGEST_LEDGER.schema)
+                  .withColumn("ingested_at", F.current_timestamp()))
+        written["_ledger"] = io.append(spark, ledger, INGEST_LEDGER, settings.root)
+    counts = {"files_new": len(new), "files_skipped": len(skipped),
+              "files_failed": sum(r[9] in (FAILED, UNMATCHED) for r in ledger_rows),
+              "rows_landed": sum(r[7] for r in ledger_rows)}
+    return list(written.values()), counts
+
+
+def _ledger_row(f: LandingFile, batch_id: str, read: int, landed: int, status: str, reason: str | None) -> tuple:
+    return (f.path, f.size, f.sha256, f.hospital_id, f.entity, batch_id, read, landed, read - landed, status,
+            reason, None)

@@ -1,0 +1,173 @@
+"""Every table's name, location and schema, in one place.
+
+Tables live at `<root>/<layer>/<name>` as Delta tables and are registered in the Spark catalog as
+`<layer>.<name>`. Nobody else builds a table path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+LAYERS = ("bronze", "silver", "gold", "ops", "vault")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    layer: str
+    name: str
+    schema_ddl: str
+    keys: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    def path(self, root: str) -> str:
+        return f"{root.rstrip('/')}/{self.layer}/{self.name}"
+
+    @property
+    def schema(self) -> T.StructType:
+        """The Spark schema (parsing DDL needs a running Spark)."""
+        return T.StructType.fromDDL(self.schema_ddl)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, without Spark: the first word of each top-level comma-separated field."""
+        fields, depth, current = [], 0, ""
+        for char in self.schema_ddl:
+            depth += {"<": 1, ">": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                fields.append(current)
+                current = ""
+            else:
+                current += char
+        fields.append(current)
+        return [f.split()[0] for f in fields if f.strip()]
+
+
+# --- bronze: every value as received (strings) plus lineage ------------------------------------
+
+BRONZE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "patient": ("mrn", "name", "national_id", "sex", "birth_date", "phone", "address", "updated_at"),
+    "encounter": ("encounter_id", "mrn", "encounter_type", "department", "admit_time", "discharge_time",
+                  "discharge_disposition", "updated_at"),
+    "diagnosis": ("diagnosis_id", "encounter_id", "mrn", "icd_code", "diagnosis_name", "diagnosis_time",
+                  "updated_at"),
+    "lab_result": ("result_id", "encounter_id", "mrn", "test_code", "test_name", "value", "unit",
+                   "result_time", "updated_at"),
+}
+SOURCE_SYSTEM = {"patient": "HIS", "encounter": "HIS", "diagnosis": "EMR", "lab_result": "LIS"}
+
+LINEAGE_DDL = (
+    "_hospital_id STRING, _source_system STRING, _source_file STRING, _source_line BIGINT, "
+    "_batch_id STRING, _ingested_at TIMESTAMP, _record_hash STRING, _extra MAP<STRING, STRING>"
+)
+
+
+def _bronze(entity: str) -> TableRef:
+    columns = ", ".join(f"{c} STRING" for c in BRONZE_COLUMNS[entity])
+    return TableRef("bronze", entity, f"{columns}, {LINEAGE_DDL}",
+                    description=f"{entity} rows as received, append-only, with lineage")
+
+
+BRONZE = {entity: _bronze(entity) for entity in BRONZE_COLUMNS}
+
+# --- ops: the platform's own tables -------------------------------------------------------------
+
+_IO = "ARRAY<STRUCT<table: STRING, version: BIGINT, rows: BIGINT>>"
+JOB_RUN = TableRef(
+    "ops", "job_run",
+    f"job STRING, run_id STRING, started_at TIMESTAMP, ended_at TIMESTAMP, status STRING, "
+    f"config_hash STRING, git_revision STRING, inputs {_IO}, outputs {_IO}, message STRING",
+    keys=("run_id",), description="one row per job run",
+)
+INGEST_LEDGER = TableRef(
+    "ops", "ingest_ledger",
+    "path STRING, size BIGINT, sha256 STRING, hospital_id STRING, entity STRING, batch_id STRING, "
+    "rows_read BIGINT, rows_landed BIGINT, rows_quarantined BIGINT, status STRING, reason STRING, "
+    "ingested_at TIMESTAMP",
+    keys=("path", "sha256"), description="one row per landed file: proves nothing was lost",
+)
+QUARANTINE = TableRef(
+    "ops", "quarantine",
+    "layer STRING, stage STRING, hospital_id STRING, entity STRING, source_file STRING, source_line BIGINT, "
+    "raw STRING, reason STRING, batch_id STRING, quarantined_at TIMESTAMP",
+    description="records that could not be used, with the reason, file and line",
+)
+
+# --- vault: direct identifiers, encrypted column by column ---------------------------------------
+
+IDENTITY = TableRef(
+    "vault", "identity",
+    "patient_key STRING, hospital_id STRING, mrn_enc BINARY, name_enc BINARY, national_id_enc BINARY, "
+    "birth_date_enc BINARY, phone_enc BINARY, address_enc BINARY, updated_at TIMESTAMP",
+    keys=("patient_key",), description="AES-GCM encrypted identifiers; admin role only",
+)
+
+# --- silver: the region's standard clinical model ------------------------------------------------
+
+_LINEAGE_SILVER = "source_file STRING, source_line BIGINT, batch_id STRING"
+PERSON = TableRef(
+    "silver", "person",
+    f"patient_key STRING, person_key STRING, hospital_id STRING, sex STRING, birth_year INT, "
+    f"has_national_id BOOLEAN, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("patient_key",),
+    description="one row per hospital patient record; person_key links records of one person",
+)
+ENCOUNTER = TableRef(
+    "silver", "encounter",
+    f"encounter_key STRING, hospital_id STRING, source_encounter_id STRING, patient_key STRING, "
+    f"person_key STRING, encounter_type STRING, source_encounter_type STRING, department STRING, "
+    f"admit_time TIMESTAMP, discharge_time TIMESTAMP, discharge_disposition STRING, "
+    f"updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("encounter_key",), description="visits and stays; inpatient ones have admit and discharge",
+)
+DIAGNOSIS = TableRef(
+    "silver", "diagnosis",
+    f"diagnosis_key STRING, hospital_id STRING, encounter_key STRING, person_key STRING, "
+    f"icd10_code STRING, source_code STRING, source_name STRING, is_mapped BOOLEAN, "
+    f"diagnosis_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("diagnosis_key",), description="diagnoses with normalized ICD-10 codes",
+)
+LAB_RESULT = TableRef(
+    "silver", "lab_result",
+    f"lab_key STRING, hospital_id STRING, encounter_key STRING, person_key STRING, loinc_code STRING, "
+    f"source_code STRING, source_name STRING, source_value STRING, source_unit STRING, "
+    f"value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, result_time TIMESTAMP, "
+    f"vocab_version STRING, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("lab_key",), description="lab results in LOINC codes and one canonical unit per test",
+)
+SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, LAB_RESULT)}
+
+# --- gold ----------------------------------------------------------------------------------------
+
+TIMELINE = TableRef(
+    "gold", "patient_timeline",
+    "person_key STRING, time TIMESTAMP, code STRING, numeric_value DOUBLE, text_value STRING, "
+    "unit STRING, hospital_id STRING, encounter_key STRING, source_table STRING, source_key STRING",
+    description="one row per clinical event, MEDS-like (subject, time, code, value)",
+)
+
+
+def features_table(task: str, feature_names: list[str] | tuple[str, ...] = ()) -> TableRef:
+    features = "".join(f"{name} DOUBLE, " for name in feature_names)
+    return TableRef(
+        "gold", f"features_{task}",
+        "person_key STRING, encounter_key STRING, hospital_id STRING, index_time TIMESTAMP, "
+        f"{features}label INT, timeline_version BIGINT",
+        keys=("person_key", "index_time"),
+        description=f"leakage-safe features and labels of task {task}, one row per index event",
+    )
+
+
+def predictions_table(task: str) -> TableRef:
+    return TableRef(
+        "gold", f"predictions_{task}",
+        "person_key STRING, index_time TIMESTAMP, hospital_id STRING, probability DOUBLE, "
+        "model_name STRING, model_version STRING, run_id STRING, scored_at TIMESTAMP",
+        keys=("person_key", "index_time", "model_name", "model_version"),
+        description=f"risk scores of task {task} with the model version that made them",
+    )

@@ -1,0 +1,180 @@
+"""`lakehouse`: one command, a subcommand per stage. Config is validated before Spark starts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from lakehouse import io, pipeline, secrets
+from lakehouse.config import Settings, load_settings
+from lakehouse.errors import LakehouseError
+from lakehouse.ml import tracking
+
+DESCRIPTION = """A regional clinical data lakehouse.
+
+Stages: generate (sample dumps) -> ingest (bronze) -> refine (silver) -> build (gold)
+-> train (MLflow) -> score (batch predictions). run-all runs them in order.
+Tables live at <root>/<layer>/<table> as Delta tables; every run is logged in ops.job_run."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf-dir", default="conf", help="configuration folder (default: conf)")
+    parser.add_argument("--env", default="local", help="environment overlay under the conf folder (default: local)")
+    parser.add_argument("--root", default=None,
+                        help="lakehouse root, a path or Hadoop URI (default: config, or $LAKEHOUSE_ROOT)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=text, description=text)
+        _common(command)
+        return command
+
+    gen = add("generate", "write a synthetic region's source dumps and ground truth")
+    gen.add_argument("--out", help="output folder (default: demo.out in config)")
+    gen.add_argument("--hospitals", type=int)
+    gen.add_argument("--patients", type=int)
+    gen.add_argument("--days", type=int, help="day 1 is the full history; later days are increments")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    ingest = add("ingest", "land new source files into bronze Delta tables (idempotent per file)")
+    ingest.add_argument("--landing", help="landing folder <landing>/<hospital>/<day>/ (default: config)")
+    force = "re-run even when inputs and configuration are unchanged since the last successful run"
+    add("refine", "bronze -> silver: standard codes, units, merged resends, encrypted identity vault"
+        ).add_argument("--force", action="store_true", help=force)
+    add("build", "silver -> gold: patient timeline and feature tables").add_argument(
+        "--force", action="store_true", help=force)
+    train = add("train", "train, evaluate, log to MLflow and register a model per task")
+    train.add_argument("--task", help="one task (default: all under conf/tasks)")
+    train.add_argument("--force", action="store_true", help=force)
+    score = add("score", "score with the registry's champion into gold.predictions_<task>")
+    score.add_argument("--task", help="one task (default: all)")
+    score.add_argument("--force", action="store_true", help=force)
+    run_all = add("run-all", "every stage in order; without --landing, generate the sample first")
+    run_all.add_argument("--landing", help="an existing landing folder")
+    run_all.add_argument("--force", action="store_true", help=force)
+    add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        settings = load_settings(args.conf_dir, args.env, args.root)
+        return COMMANDS[args.command](args, settings)
+    except LakehouseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    finally:
+        if args.command not in ("init-secrets",):
+            print(f"({args.command} finished in {time.time() - started:.1f}s)", file=sys.stderr)
+
+
+def _spark(settings: Settings):
+    from lakehouse.spark import build_spark
+
+    spark = build_spark(settings)
+    io.register_all(spark, settings.root)
+    return spark
+
+
+def _generate(args, settings: Settings) -> int:
+    result = pipeline.run_generate(settings, args.out, args.overwrite, hospitals=args.hospitals,
+                                   patients=args.patients, days=args.days, seed=args.seed)
+    print(f"generated {result.files} files for {', '.join(result.hospitals)} in {result.landing}")
+    print("rows: " + ", ".join(f"{k}={v}" for k, v in result.rows.items()) + f"; ground truth in {result.truth}")
+    return 0
+
+
+def _ingest(args, settings: Settings) -> int:
+    landing = pipeline.check_landing(settings, args.landing)
+    pipeline.run_ingest(_spark(settings), settings, landing)
+    return 0
+
+
+def _refine(args, settings: Settings) -> int:
+    secrets.pseudonym_key(settings), secrets.vault_key(settings)  # refuse before Spark starts
+    pipeline.run_refine(_spark(settings), settings, args.force)
+    return 0
+
+
+def _build(args, settings: Settings) -> int:
+    pipeline.run_build(_spark(settings), settings, args.force)
+    return 0
+
+
+def _train(args, settings: Settings) -> int:
+    tasks = [settings.task(args.task)] if args.task else None  # validates the name before Spark
+    pipeline.run_train(_spark(settings), settings, tasks[0].name if tasks else None, args.force)
+    return 0
+
+
+def _score(args, settings: Settings) -> int:
+    if args.task:
+        settings.task(args.task)
+    pipeline.run_score(_spark(settings), settings, args.task, args.force)
+    return 0
+
+
+def _run_all(args, settings: Settings) -> int:
+    if args.landing is None:
+        demo_landing = f"{settings.path(settings.main.demo.out)}/landing"
+        if not os.path.isdir(demo_landing):
+            _generate(argparse.Namespace(out=None, overwrite=False, hospitals=None, patients=None, days=None,
+                                         seed=None), settings)
+        landing = demo_landing
+    else:
+        landing = pipeline.check_landing(settings, args.landing)
+    if args.landing is None:
+        secrets.init_secrets(settings)  # the demo makes its own keys in the ignored secrets file
+    secrets.pseudonym_key(settings), secrets.vault_key(settings)  # refuse before Spark starts
+    report = pipeline.run_all(_spark(settings), settings, landing, args.force)
+    print(render_report(report, settings))
+    return 0
+
+
+def render_report(report: pipeline.PipelineReport, settings: Settings) -> str:
+    lines = ["", "== lakehouse run-all summary", f"   root: {settings.root}", "   tables:"]
+    for name, written in sorted(report.tables.items()):
+        lines.append(f"     {name:<36} rows={written.rows:<10} delta_version={written.version}")
+    for model in report.models:
+        lines.append(f"   trained: {model.model_name} v{model.version} (mlflow run {model.run_id}); "
+                     f"test AUROC {model.metrics['test_auroc']:.3f}; {model.decision}")
+    if not report.models:
+        lines.append("   trained: nothing (features unchanged since the last training; --force retrains)")
+    for name, version in sorted(report.champions.items()):
+        if version is not None:
+            lines.append(f"   registered: models:/{name}@champion = version {version.version} (run {version.run_id})")
+    lines.append(f"   MLflow UI: {tracking.ui_command(settings)}")
+    return "\n".join(lines)
+
+
+def _init_secrets(args, settings: Settings) -> int:
+    file, created = secrets.init_secrets(settings)
+    print(f"{'created' if created else 'kept existing'} secrets file {file}")
+    return 0
+
+
+COMMANDS: dict[str, Callable] = {
+    "generate": _generate,
+    "ingest": _ingest,
+    "refine": _refine,
+    "build": _build,
+    "train": _train,
+    "score": _score,
+    "run-all": _run_all,
+    "init-secrets": _init_secrets,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

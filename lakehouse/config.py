@@ -1,0 +1,311 @@
+"""Typed configuration, loaded once and validated before Spark starts.
+
+Layout (all YAML):
+    conf/base/lakehouse.yaml      committed defaults
+    conf/<env>/lakehouse.yaml     environment overlay (local, cluster), merged key by key
+    conf/sources/<hospital>.yaml  one source contract per hospital
+    conf/tasks/<task>.yaml        prediction tasks
+    conf/vocab/*.csv              vocabularies (read by the silver stage, not here)
+
+Every error names the file and the dotted key, and is raised before any data is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from lakehouse.errors import ConfigError
+
+ROOT_ENV = "LAKEHOUSE_ROOT"
+MAIN_FILE = "lakehouse.yaml"
+_MASTER = re.compile(
+    r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[\w.\-]+:\d+(,[\w.\-]+:\d+)*"
+    r"|yarn|k8s://.+)$"
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(Strict):
+    master: str = "local[2]"
+    app_name: str = "lakehouse"
+    shuffle_partitions: PositiveInt = 4
+    driver_memory: str = "2g"
+    extra: dict[str, str] = Field(default_factory=dict, description="any further spark.* settings")
+
+    @field_validator("master")
+    @classmethod
+    def _valid_master(cls, value: str) -> str:
+        if not _MASTER.match(value):
+            raise ValueError(
+                f"invalid master URL {value!r}: expected local[N], local[*], spark://host:port, yarn or k8s://..."
+            )
+        return value
+
+
+class MlflowSettings(Strict):
+    tracking_uri: str | None = Field(None, description="default: sqlite under <root>/mlflow; MLFLOW_TRACKING_URI wins")
+    experiment: str = "lakehouse"
+
+
+class SecretSettings(Strict):
+    pseudonym_key_env: str = "LAKEHOUSE_PSEUDONYM_KEY"
+    vault_key_env: str = "LAKEHOUSE_VAULT_KEY"
+    file: str = Field("var/secrets/lakehouse.env", description="ignored KEY=VALUE file read when the env is unset")
+
+
+class DemoSettings(Strict):
+    out: str = "var/sample"
+    hospitals: PositiveInt = 3
+    patients: PositiveInt = 3000
+    days: PositiveInt = 1
+    seed: int = 42
+
+
+class MainSettings(Strict):
+    root: str = "var/lakehouse"
+    landing: str = "var/sample/landing"
+    jar_cache: str = ".cache/jars"
+    spark: SparkSettings = SparkSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    secrets: SecretSettings = SecretSettings()
+    demo: DemoSettings = DemoSettings()
+
+
+# --- source contracts ---------------------------------------------------------------------------
+
+Entity = Literal["patient", "encounter", "diagnosis", "lab_result"]
+
+
+class EntitySource(Strict):
+    pattern: str = Field(description="glob of file names under <landing>/<hospital>/<day>/")
+    format: Literal["csv"] = "csv"
+    encoding: str = "UTF-8"
+    delimiter: str = ","
+    header: bool = True
+    timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
+    date_format: str = "yyyy-MM-dd"
+    columns: dict[str, str] = Field(description="bronze column -> the hospital's column name")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError as err:
+            raise ValueError(f"unknown encoding {value!r}") from err
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(f"delimiter must be one character, got {value!r}")
+        return value
+
+
+class SourceContract(Strict):
+    hospital_id: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,15}$")
+    name: str
+    entities: dict[Entity, EntitySource]
+
+
+# --- prediction tasks ---------------------------------------------------------------------------
+
+class ModelSpec(Strict):
+    type: Literal["logistic_regression"] = "logistic_regression"
+    reg_param: float = Field(0.01, ge=0)
+    elastic_net_param: float = Field(0.0, ge=0, le=1)
+    max_iter: PositiveInt = 100
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    model_name: str
+    index_event: Literal["inpatient_discharge"]
+    outcome_event: Literal["inpatient_admission"]
+    outcome_window_days: PositiveInt
+    lookback_days: PositiveInt
+    features: list[str] = Field(min_length=1)
+    model: ModelSpec = ModelSpec()
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    promotion_margin: float = Field(0.0, ge=0)
+
+
+# --- the whole configuration --------------------------------------------------------------------
+
+class Settings(BaseModel):
+    """Everything a job needs, resolved: absolute paths, contracts, tasks."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    conf_dir: Path
+    env: str
+    main: MainSettings
+    root: str
+    sources: dict[str, SourceContract]
+    tasks: dict[str, TaskSpec]
+    config_hash: str
+
+    @property
+    def project_dir(self) -> Path:
+        return self.conf_dir.parent
+
+    def path(self, value: str) -> str:
+        """A configured path: URIs and absolute paths as they are, others relative to the project."""
+        if "://" in value or value.startswith("/"):
+            return value
+        return str((self.project_dir / value).resolve())
+
+    @property
+    def landing(self) -> str:
+        return self.path(self.main.landing)
+
+    @property
+    def vocab_dir(self) -> Path:
+        return self.conf_dir / "vocab"
+
+    def task(self, name: str) -> TaskSpec:
+        if name not in self.tasks:
+            raise ConfigError(str(self.conf_dir / "tasks"), name, f"no such task; known: {sorted(self.tasks)}")
+        return self.tasks[name]
+
+
+def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str | None = None) -> Settings:
+    """Load and validate every configuration file; raise ConfigError naming the file and key."""
+    conf_dir = Path(conf_dir).resolve()
+    if not conf_dir.is_dir():
+        raise ConfigError(str(conf_dir), "--conf-dir", "configuration folder not found")
+    base_file = conf_dir / "base" / MAIN_FILE
+    env_file = conf_dir / env / MAIN_FILE
+    if not (conf_dir / env).is_dir():
+        known = sorted(p.name for p in conf_dir.iterdir() if (p / MAIN_FILE).exists() and p.name != "base")
+        raise ConfigError(str(conf_dir / env), "--env", f"unknown environment {env!r}; known: {known}")
+    provenance: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    for file in (base_file, env_file):
+        _merge(merged, _read_yaml(file), provenance, str(file), "")
+    main = _validate(MainSettings, merged, provenance, str(base_file))
+
+    chosen_root = root or os.environ.get(ROOT_ENV) or main.root
+    sources = _load_dir(conf_dir / "sources", SourceContract)
+    by_hospital: dict[str, SourceContract] = {}
+    for file, contract in sources.items():
+        if contract.hospital_id in by_hospital:
+            raise ConfigError(file, "hospital_id", f"{contract.hospital_id} is declared twice")
+        by_hospital[contract.hospital_id] = contract
+        _check_columns(file, contract)
+    tasks = {spec.name: spec for spec in _load_dir(conf_dir / "tasks", TaskSpec).values()}
+    _check_task_features(conf_dir / "tasks", tasks)
+
+    digest = hashlib.sha256(
+        json.dumps(
+            {"main": main.model_dump(), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
+             "tasks": {k: v.model_dump() for k, v in tasks.items()},
+             "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
+                       if f.is_file()}},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
+                        tasks=tasks, config_hash=digest)
+    return settings.model_copy(update={"root": settings.path(chosen_root)})
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    if not file.exists():
+        raise ConfigError(str(file), "<file>", "file not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(str(file), "<yaml>", f"not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(file), "<top>", "expected a mapping of keys to values")
+    return data
+
+
+def _merge(into: dict, overlay: dict, provenance: dict[str, str], file: str, prefix: str) -> None:
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, provenance, file, f"{dotted}.")
+        else:
+            into[key] = value
+            provenance[dotted] = file
+            if isinstance(value, dict):
+                for sub in _dotted_keys(value, f"{dotted}."):
+                    provenance[sub] = file
+
+
+def _dotted_keys(data: dict, prefix: str) -> list[str]:
+    keys = []
+    for key, value in data.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _validate(model: type[BaseModel], data: dict, provenance: dict[str, str], default_file: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<top>"
+        file = default_file
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in provenance:
+                file = provenance[".".join(parts[:n])]
+                break
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(file, key, message) from None
+
+
+def _load_dir(folder: Path, model: type[BaseModel]) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "<folder>", "folder not found")
+    loaded = {}
+    for file in sorted(folder.glob("*.yaml")):
+        data = _read_yaml(file)
+        loaded[str(file)] = _validate(model, data, dict.fromkeys(_dotted_keys(data, ""), str(file)), str(file))
+    return loaded
+
+
+def _check_columns(file: str, contract: SourceContract) -> None:
+    from lakehouse.catalog import BRONZE_COLUMNS
+
+    for entity, source in contract.entities.items():
+        known = BRONZE_COLUMNS[entity]
+        for column in source.columns:
+            if column not in known:
+                raise ConfigError(file, f"entities.{entity}.columns.{column}",
+                                  f"not a bronze column of {entity}; known: {list(known)}")
+        missing = [c for c in known if c not in source.columns]
+        if missing:
+            raise ConfigError(file, f"entities.{entity}.columns", f"missing mapping for {missing}")
+
+
+def _check_task_features(folder: Path, tasks: dict[str, TaskSpec]) -> None:
+    from lakehouse.gold.features import FEATURES
+
+    for spec in tasks.values():
+        for i, name in enumerate(spec.features):
+            if name not in FEATURES:
+                raise ConfigError(str(folder / f"{spec.name}.yaml"), f"features.{i}",
+                                  f"unknown feature {name!r}; known: {sorted(FEATURES)}")

@@ -1,0 +1,114 @@
+"""Delta reads and writes through a few named modes: append, merge by key, overwrite.
+
+Every write registers the table in the session catalog as `<layer>.<name>` and returns what it did
+(table, Delta version, rows now in the table) for the run summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from lakehouse.catalog import LAYERS, TableRef
+
+
+@dataclass(frozen=True)
+class Written:
+    table: str
+    version: int
+    rows: int
+
+
+def location(ref: TableRef, root: str) -> str:
+    return ref.path(root)
+
+
+def exists(spark: SparkSession, ref: TableRef, root: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, ref.path(root))
+
+
+def read(spark: SparkSession, ref: TableRef, root: str, version: int | None = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(ref.path(root))
+
+
+def read_or_empty(spark: SparkSession, ref: TableRef, root: str) -> DataFrame:
+    if exists(spark, ref, root):
+        return read(spark, ref, root)
+    return spark.createDataFrame([], ref.schema)
+
+
+def latest_version(spark: SparkSession, ref: TableRef, root: str) -> int | None:
+    if not exists(spark, ref, root):
+        return None
+    return DeltaTable.forPath(spark, ref.path(root)).history(1).select("version").first()[0]
+
+
+def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
+    """The table's current version and row count (a Delta count is answered from file statistics)."""
+    return Written(ref.qualified, latest_version(spark, ref, root), read(spark, ref, root).count())
+
+
+def register(spark: SparkSession, ref: TableRef, root: str) -> None:
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {ref.layer}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.qualified} USING DELTA LOCATION '{ref.path(root)}'")
+
+
+def register_all(spark: SparkSession, root: str) -> list[TableRef]:
+    """Register every Delta table found under the root, so `spark.table("silver.encounter")` works."""
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop's FileSystem is the only URI-neutral lister
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+    registered = []
+    for layer in LAYERS:
+        layer_path = jvm.org.apache.hadoop.fs.Path(f"{root.rstrip('/')}/{layer}")
+        fs = layer_path.getFileSystem(hadoop_conf)
+        if not fs.exists(layer_path):
+            continue
+        for status in fs.listStatus(layer_path):
+            name = status.getPath().getName()
+            if status.isDirectory() and DeltaTable.isDeltaTable(spark, str(status.getPath().toString())):
+                ref = TableRef(layer, name, "")
+                register(spark, ref, root)
+                registered.append(ref)
+    return registered
+
+
+def _finish(spark: SparkSession, ref: TableRef, root: str) -> Written:
+    register(spark, ref, root)
+    return describe(spark, ref, root)
+
+
+def append(spark: SparkSession, df: DataFrame, ref: TableRef, root: str) -> Written:
+    df.write.format("delta").mode("append").option("mergeSchema", "false").save(ref.path(root))
+    return _finish(spark, ref, root)
+
+
+def overwrite(spark: SparkSession, df: DataFrame, ref: TableRef, root: str) -> Written:
+    (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+     .save(ref.path(root)))
+    return _finish(spark, ref, root)
+
+
+def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
+          keys: tuple[str, ...] | None = None, update_when: str | None = None) -> Written:
+    """Upsert by key: update matched rows (optionally only `update_when`), insert new ones.
+
+    Creates the table on first use. `update_when` compares `t.` (target) and `s.` (source) columns,
+    for example "s.updated_at > t.updated_at", so a re-run with the same data changes no row.
+    """
+    keys = keys or ref.keys
+    path = ref.path(root)
+    if not DeltaTable.isDeltaTable(spark, path):
+        df.write.format("delta").mode("append").save(path)
+        return _finish(spark, ref, root)
+    condition = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
+    (DeltaTable.forPath(spark, path).alias("t")
+     .merge(df.alias("s"), condition)
+     .whenMatchedUpdateAll(condition=update_when)
+     .whenNotMatchedInsertAll()
+     .execute())
+    return _finish(spark, ref, root)

@@ -1,0 +1,47 @@
+"""MLflow wiring: SQLite under the lakehouse root by default, MLFLOW_TRACKING_URI to use a server."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
+
+
+def tracking_uri(settings: Settings) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if settings.main.mlflow.tracking_uri:
+        return settings.main.mlflow.tracking_uri
+    if "://" in settings.root and not settings.root.startswith("file:"):
+        raise ConfigError(str(settings.conf_dir / "base" / "lakehouse.yaml"), "mlflow.tracking_uri",
+                          f"the root {settings.root} is not local: point MLflow at a tracking server")
+    return f"sqlite:///{_local(settings.root)}/mlflow/mlflow.db"
+
+
+def _local(root: str) -> str:
+    return root.removeprefix("file://").removeprefix("file:")
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists; return its id."""
+    uri = tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = settings.main.mlflow.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        artifacts = None if uri.startswith("http") else f"{_local(settings.root)}/mlflow/artifacts"
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    return experiment.experiment_id
+
+
+def ui_command(settings: Settings) -> str:
+    uri = tracking_uri(settings)
+    if uri.startswith("http"):
+        return f"open {uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"

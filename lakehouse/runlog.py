@@ -1,0 +1,102 @@
+"""Every job run appends one row to `ops.job_run` and prints the same as a summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import io
+from lakehouse.catalog import JOB_RUN
+from lakehouse.config import Settings
+from lakehouse.io import Written
+
+SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
+
+
+def git_revision(project_dir) -> str | None:
+    if os.environ.get("LAKEHOUSE_GIT_REVISION"):
+        return os.environ["LAKEHOUSE_GIT_REVISION"]
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project_dir,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+@dataclass
+class JobRun:
+    """Context manager around one job: collects its inputs/outputs and logs the run, even on failure."""
+
+    spark: SparkSession
+    settings: Settings
+    job: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    inputs: list[Written] = field(default_factory=list)
+    outputs: list[Written] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    skipped: bool = False
+
+    def read(self, written: Written) -> None:
+        self.inputs.append(written)
+
+    def wrote(self, written: Written) -> Written:
+        self.outputs = [w for w in self.outputs if w.table != written.table] + [written]
+        return written
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def up_to_date(self) -> bool:
+        """True when the last successful run of this job read the same inputs with the same config.
+
+        A stage whose inputs have not changed is then skipped, so a second run-all adds no table
+        version, no model version and no prediction.
+        """
+        if not io.exists(self.spark, JOB_RUN, self.settings.root):
+            return False
+        last = (io.read(self.spark, JOB_RUN, self.settings.root)
+                .where(F.col("job") == self.job).where(F.col("status").isin(SUCCEEDED, SKIPPED))
+                .orderBy(F.col("ended_at").desc()).select("config_hash", "inputs").first())
+        if last is None or last.config_hash != self.settings.config_hash:
+            return False
+        previous = {(i.table, i.version) for i in last.inputs}
+        return previous == {(w.table, w.version) for w in self.inputs}
+
+    def skip(self) -> None:
+        self.skipped = True
+        self.note("skipped: inputs and configuration unchanged since the last successful run (--force re-runs)")
+
+    def __enter__(self) -> JobRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = FAILED if exc is not None else SKIPPED if self.skipped else SUCCEEDED
+        message = "; ".join(self.notes) if exc is None else f"{type(exc).__name__}: {exc}"
+        ended = dt.datetime.now(dt.UTC)
+        row = (self.job, self.run_id, self.started_at.replace(tzinfo=None), ended.replace(tzinfo=None), status,
+               self.settings.config_hash, git_revision(self.settings.project_dir),
+               [(w.table, w.version, w.rows) for w in self.inputs],
+               [(w.table, w.version, w.rows) for w in self.outputs], message[:4000])
+        try:
+            io.append(self.spark, self.spark.createDataFrame([row], JOB_RUN.schema), JOB_RUN, self.settings.root)
+        except Exception as log_err:  # never hide the job's own error behind a logging error
+            print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
+        print(self.summary(status, (ended - self.started_at).total_seconds(), message))
+
+    def summary(self, status: str, seconds: float, message: str) -> str:
+        lines = [f"== {self.job} {status} in {seconds:.1f}s (run {self.run_id})"]
+        for title, items in (("read", self.inputs), ("kept" if self.skipped else "wrote", self.outputs)):
+            for w in items:
+                lines.append(f"   {title:<5} {w.table:<36} rows={w.rows:<10} version={w.version}")
+        if message:
+            lines.append(f"   {message}")
+        return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""Silver: bronze -> the region's standard clinical model, merged by key so re-runs add nothing.
+
+Each transform is DataFrame-in, DataFrame-out and ends with the silver table's `select`; the stage
+function at the bottom wires them to Delta. Direct identifiers go only to `vault.identity`,
+encrypted with AES-GCM; silver carries keyed-hash pseudonyms.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from lakehouse import io
+from lakehouse.catalog import BRONZE, DIAGNOSIS, ENCOUNTER, IDENTITY, LAB_RESULT, PERSON, TableRef
+from lakehouse.config import Settings
+from lakehouse.io import Written
+from lakehouse.silver import vocab
+from lakehouse.silver.standardize import (
+    clean_text,
+    keyed_hash,
+    national_id_is_valid,
+    normalize_icd10,
+    parse_timestamp,
+)
+
+UPDATE_WHEN_NEWER = "t.updated_at IS NULL OR s.updated_at > t.updated_at"
+
+
+def latest_per_key(df: DataFrame, keys: list[str], updated: Column) -> DataFrame:
+    """Collapse duplicates and resends: the latest update wins, then the latest ingest, then file line."""
+    order = Window.partitionBy(*keys).orderBy(updated.desc_nulls_last(), F.col("_ingested_at").desc(),
+                                              F.col("_source_file").desc(), F.col("_source_line").desc())
+    return df.withColumn("_rank", F.row_number().over(order)).where("_rank = 1").drop("_rank")
+
+
+def _formats(settings: Settings, entity: str, kind: str = "timestamp_format") -> dict[str, str]:
+    return {h: getattr(c.entities[entity], kind) for h, c in settings.sources.items() if entity in c.entities}
+
+
+def _lineage() -> list[Column]:
+    return [F.col("_source_file").alias("source_file"), F.col("_source_line").alias("source_line"),
+            F.col("_batch_id").alias("batch_id")]
+
+
+def patient_key(key: bytes, hospital: Column, mrn: Column) -> Column:
+    return keyed_hash(key, F.lit("patient"), hospital, clean_text(mrn))
+
+
+def standardize_persons(bronze: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    """One row per hospital patient record. person_key: the valid national ID when present (the
+    deterministic EMPI rule), else the record's own key; probabilistic linkage comes with EMPI."""
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), _formats(settings, "patient"))
+    birth = parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
+    latest = latest_per_key(bronze, ["_hospital_id", "mrn"], updated)
+    valid_id = national_id_is_valid(F.col("national_id"))
+    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    return (latest
+            .join(sex_vocab, (F.col("_hospital_id") == sex_vocab.hospital_id)
+                  & (clean_text(latest.sex) == sex_vocab.local_value), "left")
+            .select(own_key.alias("patient_key"),
+                    F.when(valid_id, keyed_hash(key, F.lit("person"), F.upper(clean_text(F.col("national_id")))))
+                    .otherwise(own_key).alias("person_key"),
+                    F.col("_hospital_id").alias("hospital_id"),
+                    F.coalesce(F.col("sex_vocab.sex"), F.lit("unknown")).alias("sex"),
+                    F.year(birth).alias("birth_year"),
+                    valid_id.alias("has_national_id"),
+                    updated.alias("updated_at"),
+                    *_lineage()))
+
+
+def identity_rows(bronze: DataFrame, key: bytes, settings: Settings, vault_key: bytes) -> DataFrame:
+    """Direct identifiers, encrypted column by column with AES-GCM (random IV per value)."""
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), _formats(settings, "patient"))
+    latest = latest_per_key(bronze, ["_hospital_id", "mrn"], updated)
+    secret = F.lit(vault_key)
+
+    def enc(column: str) -> Column:
+        return F.aes_encrypt(clean_text(F.col(column)), secret, F.lit("GCM")).alias(f"{column}_enc")
+
+    return latest.select(patient_key(key, F.col("_hospital_id"), F.col("mrn")).alias("patient_key"),
+                         F.col("_hospital_id").alias("hospital_id"),
+                         enc("mrn"), enc("name"), enc("national_id"), enc("birth_date"), enc("phone"), enc("address"),
+                         updated.alias("updated_at"))
+
+
+def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFrame, key: bytes,
+                           settings: Settings) -> DataFrame:
+    formats = _formats(settings, "encounter")
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
+    latest = latest_per_key(bronze, ["_hospital_id", "encounter_id"], updated)
+    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
+    return (latest
+            .join(types, (F.col("_hospital_id") == types.hospital_id)
+                  & (clean_text(latest.encounter_type) == types.local_value), "left")
+            .join(people, own_key == F.col("_pk"), "left")
+            .select(keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
+                    .alias("encounter_key"),
+                    F.col("_hospital_id").alias("hospital_id"),
+                    clean_text(F.col("encounter_id")).alias("source_encounter_id"),
+                    own_key.alias("patient_key"),
+                    F.coalesce(F.col("person_key"), own_key).alias("person_key"),
+                    F.coalesce(types.encounter_type, F.lit("unmapped")).alias("encounter_type"),
+                    clean_text(latest.encounter_type).alias("source_encounter_type"),
+                    clean_text(F.col("department")).alias("department"),
+                    parse_timestamp(F.col("admit_time"), F.col("_hospital_id"), formats).alias("admit_time"),
+                    parse_timestamp(F.col("discharge_time"), F.col("_hospital_id"), formats).alias("discharge_time"),
+                    clean_text(F.col("discharge_disposition")).alias("discharge_disposition"),
+                    updated.alias("updated_at"),
+                    *_lineage()))
+
+
+def _person_of(df_key: Column, persons: DataFrame) -> tuple[DataFrame, Column]:
+    people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
+    return people, F.coalesce(F.col("person_key"), df_key)
+
+
+def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    formats = _formats(settings, "diagnosis")
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
+    latest = latest_per_key(bronze, ["_hospital_id", "diagnosis_id"], updated)
+    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    people, person = _person_of(own_key, persons)
+    icd = normalize_icd10(F.col("icd_code"))
+    return (latest.join(people, own_key == F.col("_pk"), "left")
+            .select(keyed_hash(key, F.lit("diagnosis"), F.col("_hospital_id"), F.col("diagnosis_id"))
+                    .alias("diagnosis_key"),
+                    F.col("_hospital_id").alias("hospital_id"),
+                    keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
+                    .alias("encounter_key"),
+                    person.alias("person_key"),
+                    icd.alias("icd10_code"),
+                    clean_text(F.col("icd_code")).alias("source_code"),
+                    clean_text(F.col("diagnosis_name")).alias("source_name"),
+                    icd.isNotNull().alias("is_mapped"),
+                    parse_timestamp(F.col("diagnosis_time"), F.col("_hospital_id"), formats).alias("diagnosis_time"),
+                    updated.alias("updated_at"),
+                    *_lineage()))
+
+
+def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame, units: DataFrame, key: bytes,
+                     settings: Settings, vocab_version: str) -> DataFrame:
+    """Local lab codes -> LOINC, values converted to the canonical unit; unknown codes or units are
+    kept with their source values and flagged (is_mapped / unit_ok false, value null), never guessed."""
+    formats = _formats(settings, "lab_result")
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
+    latest = latest_per_key(bronze, ["_hospital_id", "result_id"], updated)
+    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    people, person = _person_of(own_key, persons)
+    source_unit = clean_text(F.col("unit"))
+    converted = F.try_multiply(F.col("value").try_cast("double"), F.col("factor"))
+    return (latest
+            .join(lab_codes, (F.col("_hospital_id") == lab_codes.hospital_id)
+                  & (clean_text(F.col("test_code")) == lab_codes.local_code), "left")
+            .join(units, (lab_codes.loinc_code == units.loinc_code) & (source_unit == units.source_unit), "left")
+            .join(people, own_key == F.col("_pk"), "left")
+            .select(keyed_hash(key, F.lit("lab"), F.col("_hospital_id"), F.col("result_id")).alias("lab_key"),
+                    F.col("_hospital_id").alias("hospital_id"),
+                    keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
+                    .alias("encounter_key"),
+                    person.alias("person_key"),
+                    lab_codes.loinc_code.alias("loinc_code"),
+                    clean_text(F.col("test_code")).alias("source_code"),
+                    clean_text(F.col("test_name")).alias("source_name"),
+                    clean_text(F.col("value")).alias("source_value"),
+                    source_unit.alias("source_unit"),
+                    F.round(converted, 4).alias("value"),
+                    units.canonical_unit.alias("unit"),
+                    lab_codes.loinc_code.isNotNull().alias("is_mapped"),
+                    units.factor.isNotNull().alias("unit_ok"),
+                    parse_timestamp(F.col("result_time"), F.col("_hospital_id"), formats).alias("result_time"),
+                    F.lit(vocab_version).alias("vocab_version"),
+                    updated.alias("updated_at"),
+                    *_lineage()))
+
+
+OUTPUTS = (PERSON, IDENTITY, ENCOUNTER, DIAGNOSIS, LAB_RESULT)
+
+
+def refine_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
+    return [io.describe(spark, ref, settings.root) for ref in BRONZE.values() if io.exists(spark, ref, settings.root)]
+
+
+def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes) -> list[Written]:
+    """Rebuild silver from bronze and merge it in by key; return the tables written."""
+    root = settings.root
+    version = vocab.version(settings.vocab_dir)
+    bronze = {e: io.read_or_empty(spark, ref, root) for e, ref in BRONZE.items()}
+    persons = standardize_persons(bronze["patient"], vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab"),
+                                  key, settings)
+    outputs = [io.merge(spark, persons, PERSON, root, update_when=UPDATE_WHEN_NEWER),
+               io.merge(spark, identity_rows(bronze["patient"], key, settings, vault_key), IDENTITY, root,
+                        update_when=UPDATE_WHEN_NEWER)]
+    people = io.read(spark, PERSON, root)
+    tables: list[tuple[DataFrame, TableRef]] = [
+        (standardize_encounters(bronze["encounter"], people, vocab.load(spark, settings.vocab_dir, "encounter_types"),
+                                key, settings), ENCOUNTER),
+        (standardize_diagnoses(bronze["diagnosis"], people, key, settings), DIAGNOSIS),
+        (standardize_labs(bronze["lab_result"], people, vocab.load(spark, settings.vocab_dir, "lab_codes"),
+                          vocab.load(spark, settings.vocab_dir, "units"), key, settings, version), LAB_RESULT),
+    ]
+    for df, ref in tables:
+        outputs.append(io.merge(spark, df, ref, root, update_when=UPDATE_WHEN_NEWER))
+    return outputs
