@@ -137,7 +137,8 @@ def run_all(spark: SparkSession, settings: Settings, landing: str, force: bool =
     run_build(spark, settings, force, report)
     run_train(spark, settings, None, force, report)
     run_score(spark, settings, None, force, report)
-    report.tables = {ref.qualified: io.describe(spark, ref, settings.root) for ref in io.register_all(spark, settings.root)}
+    tables = io.register_all(spark, settings.root)
+    report.tables = {ref.qualified: io.describe(spark, ref, settings.root) for ref in tables}
     report.champions = {spec.model_name: current(settings, spec) for spec in settings.tasks.values()}
     return report
 

@@ -31,14 +31,14 @@ _RECORD_FIELDS = ["person_id", "hospital_id", "mrn", "age", "diabetes", "heart_f
 
 # logit of 30-day readmission after an inpatient discharge (documented in the README)
 RISK_MODEL = {
-    "intercept": -3.0,
-    "per_decade_over_60": 0.25,
-    "heart_failure": 0.9,
-    "ckd": 0.6,
-    "diabetes": 0.3,
-    "creatinine_over_133_umol_l": 0.8,
-    "hba1c_over_8_pct": 0.5,
-    "per_day_of_stay_over_5": 0.08,
+    "intercept": -4.2,
+    "per_decade_over_60": 0.45,
+    "heart_failure": 1.6,
+    "ckd": 1.1,
+    "diabetes": 0.5,
+    "creatinine_over_133_umol_l": 1.2,
+    "hba1c_over_8_pct": 0.9,
+    "per_day_of_stay_over_5": 0.15,
 }
 
 SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈")

@@ -1,0 +1,71 @@
+"""One Spark session with Delta and one tiny generated region for the whole test run.
+
+Spark costs ~10 s to start and ~1 s per tiny query here, so the integration tests share a region
+that is generated and pushed through every stage once (`region` fixture), and the unit tests share
+one session. MLflow goes to a temporary SQLite store under the test root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+CONF = PROJECT / "conf"
+TEST_KEYS = {"LAKEHOUSE_PSEUDONYM_KEY": "11" * 32, "LAKEHOUSE_VAULT_KEY": "22" * 32}
+TINY_REGION = {"hospitals": 3, "patients": 600, "days": 2, "seed": 7}
+SPARK_TEST_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+
+os.environ.update(TEST_KEYS)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("LAKEHOUSE_ROOT", None)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def test_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lakehouse")
+
+
+@pytest.fixture(scope="session")
+def settings(test_root):
+    from lakehouse.config import load_settings
+
+    return load_settings(CONF, "local", str(test_root / "root"))
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from lakehouse.spark import build_spark
+
+    session = build_spark(settings, SPARK_TEST_CONF)
+    yield session
+    session.stop()
+
+
+@dataclass
+class Region:
+    settings: object
+    landing: Path
+    truth: Path
+    generated: object
+    report: object
+
+
+@pytest.fixture(scope="session")
+def region(spark, settings, test_root) -> Region:
+    """A tiny generated region run once through every stage (the `run-all` path)."""
+    from lakehouse import pipeline
+    from lakehouse.synth.generator import generate
+
+    generated = generate(test_root / "sample", **TINY_REGION)
+    report = pipeline.run_all(spark, settings, str(generated.landing))
+    return Region(settings, generated.landing, generated.truth, generated, report)

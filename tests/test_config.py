@@ -1,0 +1,97 @@
+"""Configuration is validated before Spark starts; errors name the file and the key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONF
+
+from lakehouse.cli import main
+from lakehouse.config import load_settings
+from lakehouse.errors import ConfigError
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    copy = tmp_path / "conf"
+    shutil.copytree(CONF, copy)
+    return copy
+
+
+def _edit(file: Path, change) -> None:
+    data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    change(data)
+    file.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
+
+def test_shipped_configuration_loads_with_typed_values():
+    settings = load_settings(CONF, "local", "/tmp/x")
+    assert settings.main.spark.master == "local[2]"
+    assert sorted(settings.sources) == ["H01", "H02", "H03"]
+    assert settings.sources["H02"].entities["patient"].encoding == "GB18030"
+    assert settings.tasks["readmission_30d"].outcome_window_days == 30
+    assert settings.root == "/tmp/x"
+
+
+def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
+    cluster = load_settings(conf, "cluster")
+    assert cluster.main.spark.master == "spark://127.0.0.1:7077"
+    assert cluster.main.spark.app_name == "lakehouse"  # kept from base
+    monkeypatch.setenv("LAKEHOUSE_ROOT", "/env/root")
+    assert load_settings(conf, "local").root == "/env/root"
+    assert load_settings(conf, "local", "/cli/root").root == "/cli/root"
+
+
+@pytest.mark.parametrize(
+    ("relative", "change", "key", "message"),
+    [
+        ("local/lakehouse.yaml", lambda d: d["spark"].update(masterr="x"), "spark.masterr", "unknown key"),
+        ("local/lakehouse.yaml", lambda d: d["spark"].update(master="mesos://x"), "spark.master", "invalid master"),
+        ("base/lakehouse.yaml", lambda d: d["spark"].update(shuffle_partitions="many"), "spark.shuffle_partitions",
+         "integer"),
+        ("sources/h01.yaml", lambda d: d["entities"]["patient"].update(encoding="klingon"),
+         "entities.patient.encoding", "unknown encoding"),
+        ("sources/h01.yaml", lambda d: d["entities"]["patient"]["columns"].pop("mrn"),
+         "entities.patient.columns", "missing mapping"),
+        ("sources/h02.yaml", lambda d: d["entities"]["lab_result"]["columns"].update(colour="颜色"),
+         "entities.lab_result.columns.colour", "not a bronze column"),
+        ("tasks/readmission_30d.yaml", lambda d: d["features"].append("shoe_size"), "features.10", "unknown feature"),
+    ],
+)
+def test_bad_values_name_file_and_key(conf, relative, change, key, message):
+    _edit(conf / relative, change)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(conf, "local")
+    assert caught.value.file == str(conf / relative)
+    assert caught.value.key == key
+    assert message in caught.value.message
+
+
+def test_missing_files_and_folders_are_refused(conf, tmp_path):
+    with pytest.raises(ConfigError, match="configuration folder not found"):
+        load_settings(tmp_path / "nowhere", "local")
+    with pytest.raises(ConfigError, match="unknown environment 'prod'"):
+        load_settings(conf, "prod")
+    (conf / "base" / "lakehouse.yaml").unlink()
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(conf, "local")
+
+
+def test_cli_refuses_bad_config_with_one_line_exit_2_and_writes_nothing(conf, tmp_path, capsys):
+    _edit(conf / "local" / "lakehouse.yaml", lambda d: d["spark"].update(master="nonsense"))
+    root = tmp_path / "root"
+    assert main(["ingest", "--conf-dir", str(conf), "--root", str(root)]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.startswith(f"error: config error in {conf / 'local' / 'lakehouse.yaml'}: key 'spark.master'")
+    assert not root.exists()
+
+
+def test_cli_refuses_missing_landing_folder_before_spark(tmp_path, capsys):
+    root = tmp_path / "root"
+    code = main(["ingest", "--conf-dir", str(CONF), "--root", str(root), "--landing", str(tmp_path / "absent")])
+    assert code == 2
+    assert "key '--landing': landing folder" in capsys.readouterr().err
+    assert not root.exists()

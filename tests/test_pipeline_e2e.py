@@ -1,0 +1,136 @@
+"""End to end on the shared tiny region: every layer, the registry, predictions, and a no-op re-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import CONF, TEST_KEYS
+from pyspark.sql import functions as F
+from sklearn.metrics import roc_auc_score
+
+from lakehouse import io
+from lakehouse.catalog import (
+    BRONZE,
+    ENCOUNTER,
+    IDENTITY,
+    INGEST_LEDGER,
+    JOB_RUN,
+    PERSON,
+    SILVER,
+    TIMELINE,
+    features_table,
+    predictions_table,
+)
+from lakehouse.cli import main
+from lakehouse.ml.train import current
+
+pytestmark = pytest.mark.e2e
+TASK = "readmission_30d"
+
+
+def _versions(spark, root) -> dict[str, int]:
+    return {ref.qualified: io.latest_version(spark, ref, root) for ref in io.register_all(spark, root)}
+
+
+def test_bronze_lands_every_generated_row_with_a_reconciled_ledger(spark, region):
+    root = region.settings.root
+    for entity, ref in BRONZE.items():
+        assert io.read(spark, ref, root).count() == region.generated.rows[entity], entity
+    ledger = io.read(spark, INGEST_LEDGER, root)
+    files = sorted(str(p) for p in region.landing.rglob("*") if p.is_file())
+    assert ledger.count() == len(files)
+    assert ledger.where("status != 'landed' OR rows_read != rows_landed + rows_quarantined").count() == 0
+    per_entity = dict(ledger.groupBy("entity").agg(F.sum("rows_landed")).collect())
+    assert per_entity == region.generated.rows
+
+
+def test_tables_are_real_delta_and_registered_in_the_catalog(spark, region):
+    root = region.settings.root
+    for ref in (*BRONZE.values(), *SILVER.values(), IDENTITY, TIMELINE, JOB_RUN):
+        assert (Path(ref.path(root)) / "_delta_log").is_dir(), ref.qualified
+    operations = [r.operation for r in spark.sql(f"DESCRIBE HISTORY {ENCOUNTER.qualified}").collect()]
+    assert operations[-1] == "WRITE"
+    assert spark.table("silver.encounter").count() == io.read(spark, ENCOUNTER, root).count() > 0
+    assert spark.table("gold.patient_timeline").count() > 0
+
+
+def test_silver_is_pseudonymous_and_links_one_person_across_hospitals(spark, region):
+    root = region.settings.root
+    person = io.read(spark, PERSON, root)
+    assert not {"name", "national_id", "phone", "address", "mrn", "birth_date"} & set(person.columns)
+    records = pd.read_csv(region.truth / "patient_records.csv")
+    assert person.count() == len(records)
+    multi_hospital = records.groupby("person_id")["hospital_id"].nunique().gt(1).sum()
+    persons_linked = person.groupBy("person_key").agg(F.countDistinct("hospital_id").alias("n")).where("n > 1").count()
+    assert persons_linked == multi_hospital > 0
+
+
+def test_vault_holds_ciphertext_that_only_the_key_opens(spark, region):
+    vault = io.read(spark, IDENTITY, region.settings.root)
+    assert dict(vault.dtypes)["name_enc"] == "binary"
+    sample = vault.select("name_enc").first().name_enc
+    names = set(pd.read_csv(region.truth / "patient_records.csv")["name"])
+    assert not any(name.encode() in bytes(sample) for name in names)
+    key = bytes.fromhex(TEST_KEYS["LAKEHOUSE_VAULT_KEY"])
+    opened = {r.name for r in vault.select(F.aes_decrypt("name_enc", F.lit(key), F.lit("GCM"))
+                                           .cast("string").alias("name")).collect()}
+    assert opened == names
+    wrong = F.try_aes_decrypt("name_enc", F.lit(bytes(32)), F.lit("GCM"))
+    assert vault.select(wrong.alias("x")).where("x IS NOT NULL").count() == 0
+
+
+def test_registry_champion_scores_every_index_event_once(spark, region):
+    settings, root = region.settings, region.settings.root
+    task = settings.tasks[TASK]
+    champion = current(settings, task)
+    assert champion is not None and champion.aliases and "champion" in champion.aliases
+    features = io.read(spark, features_table(TASK), root)
+    predictions = io.read(spark, predictions_table(TASK), root)
+    assert predictions.count() == features.count() > 100
+    keys = predictions.select("person_key", "index_time", "model_version")
+    assert keys.distinct().count() == predictions.count()
+    assert {r.model_version for r in predictions.select("model_version").distinct().collect()} == {str(champion.version)}
+    assert predictions.where("probability < 0 OR probability > 1 OR probability IS NULL").count() == 0
+    run = mlflow.get_run(champion.run_id)
+    assert run.data.tags["feature_table"] == f"gold.features_{TASK}"
+    assert 0 < run.data.metrics["test_auroc"] <= 1 and run.data.metrics["n_test"] > 0
+    # the planted signal is learned: in-sample AUROC of the batch scores (the tiny held-out set is too noisy)
+    scored = features.join(predictions, ["person_key", "index_time"]).select("label", "probability").toPandas()
+    assert roc_auc_score(scored["label"], scored["probability"]) > 0.65
+
+
+def test_the_registered_model_loads_without_spark_and_matches_batch_scores(spark, region):
+    task = region.settings.tasks[TASK]
+    joined = (io.read(spark, features_table(TASK), region.settings.root)
+              .join(io.read(spark, predictions_table(TASK), region.settings.root), ["person_key", "index_time"])
+              .orderBy("person_key", "index_time").limit(50).toPandas())
+    model = mlflow.pyfunc.load_model(f"models:/{task.model_name}@champion")
+    local = model.predict(joined[task.features])
+    assert pd.Series(local).round(9).tolist() == joined["probability"].round(9).tolist()
+
+
+def test_job_runs_are_logged_with_config_and_io(spark, region):
+    runs = io.read(spark, JOB_RUN, region.settings.root)
+    jobs = {r.job for r in runs.where("status = 'succeeded'").collect()}
+    assert {"ingest", "refine", "build", f"train:{TASK}", f"score:{TASK}"} <= jobs
+    refine = runs.where("job = 'refine'").first()
+    assert refine.config_hash == region.settings.config_hash
+    assert {o.table for o in refine.outputs} >= {"silver.person", "silver.encounter", "vault.identity"}
+
+
+def test_second_run_all_through_the_cli_changes_nothing(spark, region, capsys):
+    settings = region.settings
+    before = _versions(spark, settings.root)
+    model_versions = len(mlflow.MlflowClient().search_model_versions(f"name='{settings.tasks[TASK].model_name}'"))
+    code = main(["run-all", "--conf-dir", str(CONF), "--root", settings.root, "--landing", str(region.landing)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "lakehouse run-all summary" in out and "models:/lakehouse_readmission_30d@champion" in out
+    after = _versions(spark, settings.root)
+    changed = {t for t in after if after[t] != before.get(t)}
+    assert changed == {JOB_RUN.qualified}
+    assert len(mlflow.MlflowClient().search_model_versions(
+        f"name='{settings.tasks[TASK].model_name}'")) == model_versions
