@@ -92,7 +92,8 @@ def test_registry_champion_scores_every_index_event_once(spark, region):
     assert predictions.count() == features.count() > 100
     keys = predictions.select("person_key", "index_time", "model_version")
     assert keys.distinct().count() == predictions.count()
-    assert {r.model_version for r in predictions.select("model_version").distinct().collect()} == {str(champion.version)}
+    versions = {r.model_version for r in predictions.select("model_version").distinct().collect()}
+    assert versions == {str(champion.version)}
     assert predictions.where("probability < 0 OR probability > 1 OR probability IS NULL").count() == 0
     run = mlflow.get_run(champion.run_id)
     assert run.data.tags["feature_table"] == f"gold.features_{TASK}"
