@@ -1,6 +1,6 @@
 # The two commands a newcomer needs are `make demo` and `make test`; both go through `make setup`.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JARS := .cache/jars
@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 $(JARS)/MANIFEST: support/delta-jars/pom.xml $(VENV)/.installed
+	@command -v mvn >/dev/null || { echo "error: mvn not found: it fetches Delta's jars once (apt-get install maven)"; exit 2; }
 	$(BIN)/python -m lakehouse.jars fetch --pom support/delta-jars/pom.xml --cache $(JARS)
 
 demo: setup
