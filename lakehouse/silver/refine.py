@@ -7,6 +7,8 @@ encrypted with AES-GCM; silver carries keyed-hash pseudonyms.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -44,6 +46,34 @@ def _lineage() -> list[Column]:
 
 def patient_key(key: bytes, hospital: Column, mrn: Column) -> Column:
     return keyed_hash(key, F.lit("patient"), hospital, clean_text(mrn))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A bronze entity reduced to its latest version per source key and joined to its person."""
+
+    rows: DataFrame
+    formats: dict[str, str]
+    updated: Column
+    own_key: Column
+    person_key: Column
+
+    def timestamp(self, column: str) -> Column:
+        return parse_timestamp(F.col(column), F.col("_hospital_id"), self.formats).alias(column)
+
+
+def prepare(bronze: DataFrame, entity: str, source_id: str, persons: DataFrame, key: bytes,
+            settings: Settings) -> Prepared:
+    formats = _formats(settings, entity)
+    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
+    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
+    rows = latest_per_key(bronze, ["_hospital_id", source_id], updated).join(people, own_key == F.col("_pk"), "left")
+    return Prepared(rows, formats, updated, own_key, F.coalesce(F.col("person_key"), own_key))
+
+
+def encounter_key(key: bytes) -> Column:
+    return keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id")).alias("encounter_key")
 
 
 def standardize_persons(bronze: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
@@ -85,80 +115,57 @@ def identity_rows(bronze: DataFrame, key: bytes, settings: Settings, vault_key: 
 
 def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFrame, key: bytes,
                            settings: Settings) -> DataFrame:
-    formats = _formats(settings, "encounter")
-    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
-    latest = latest_per_key(bronze, ["_hospital_id", "encounter_id"], updated)
-    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
-    people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
-    return (latest
-            .join(types, (F.col("_hospital_id") == types.hospital_id)
-                  & (clean_text(latest.encounter_type) == types.local_value), "left")
-            .join(people, own_key == F.col("_pk"), "left")
-            .select(keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
-                    .alias("encounter_key"),
+    p = prepare(bronze, "encounter", "encounter_id", persons, key, settings)
+    local_type = clean_text(p.rows.encounter_type)
+    return (p.rows
+            .join(types, (F.col("_hospital_id") == types.hospital_id) & (local_type == types.local_value), "left")
+            .select(encounter_key(key),
                     F.col("_hospital_id").alias("hospital_id"),
                     clean_text(F.col("encounter_id")).alias("source_encounter_id"),
-                    own_key.alias("patient_key"),
-                    F.coalesce(F.col("person_key"), own_key).alias("person_key"),
+                    p.own_key.alias("patient_key"),
+                    p.person_key.alias("person_key"),
                     F.coalesce(types.encounter_type, F.lit("unmapped")).alias("encounter_type"),
-                    clean_text(latest.encounter_type).alias("source_encounter_type"),
+                    local_type.alias("source_encounter_type"),
                     clean_text(F.col("department")).alias("department"),
-                    parse_timestamp(F.col("admit_time"), F.col("_hospital_id"), formats).alias("admit_time"),
-                    parse_timestamp(F.col("discharge_time"), F.col("_hospital_id"), formats).alias("discharge_time"),
+                    p.timestamp("admit_time"),
+                    p.timestamp("discharge_time"),
                     clean_text(F.col("discharge_disposition")).alias("discharge_disposition"),
-                    updated.alias("updated_at"),
+                    p.updated.alias("updated_at"),
                     *_lineage()))
-
-
-def _person_of(df_key: Column, persons: DataFrame) -> tuple[DataFrame, Column]:
-    people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
-    return people, F.coalesce(F.col("person_key"), df_key)
 
 
 def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
-    formats = _formats(settings, "diagnosis")
-    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
-    latest = latest_per_key(bronze, ["_hospital_id", "diagnosis_id"], updated)
-    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
-    people, person = _person_of(own_key, persons)
+    p = prepare(bronze, "diagnosis", "diagnosis_id", persons, key, settings)
     icd = normalize_icd10(F.col("icd_code"))
-    return (latest.join(people, own_key == F.col("_pk"), "left")
-            .select(keyed_hash(key, F.lit("diagnosis"), F.col("_hospital_id"), F.col("diagnosis_id"))
-                    .alias("diagnosis_key"),
-                    F.col("_hospital_id").alias("hospital_id"),
-                    keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
-                    .alias("encounter_key"),
-                    person.alias("person_key"),
-                    icd.alias("icd10_code"),
-                    clean_text(F.col("icd_code")).alias("source_code"),
-                    clean_text(F.col("diagnosis_name")).alias("source_name"),
-                    icd.isNotNull().alias("is_mapped"),
-                    parse_timestamp(F.col("diagnosis_time"), F.col("_hospital_id"), formats).alias("diagnosis_time"),
-                    updated.alias("updated_at"),
-                    *_lineage()))
+    return p.rows.select(
+        keyed_hash(key, F.lit("diagnosis"), F.col("_hospital_id"), F.col("diagnosis_id")).alias("diagnosis_key"),
+        F.col("_hospital_id").alias("hospital_id"),
+        encounter_key(key),
+        p.person_key.alias("person_key"),
+        icd.alias("icd10_code"),
+        clean_text(F.col("icd_code")).alias("source_code"),
+        clean_text(F.col("diagnosis_name")).alias("source_name"),
+        icd.isNotNull().alias("is_mapped"),
+        p.timestamp("diagnosis_time"),
+        p.updated.alias("updated_at"),
+        *_lineage())
 
 
 def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame, units: DataFrame, key: bytes,
                      settings: Settings, vocab_version: str) -> DataFrame:
     """Local lab codes -> LOINC, values converted to the canonical unit; unknown codes or units are
     kept with their source values and flagged (is_mapped / unit_ok false, value null), never guessed."""
-    formats = _formats(settings, "lab_result")
-    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
-    latest = latest_per_key(bronze, ["_hospital_id", "result_id"], updated)
-    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
-    people, person = _person_of(own_key, persons)
+    p = prepare(bronze, "lab_result", "result_id", persons, key, settings)
     source_unit = clean_text(F.col("unit"))
     converted = F.try_multiply(F.col("value").try_cast("double"), F.col("factor"))
-    return (latest
+    return (p.rows
             .join(lab_codes, (F.col("_hospital_id") == lab_codes.hospital_id)
                   & (clean_text(F.col("test_code")) == lab_codes.local_code), "left")
             .join(units, (lab_codes.loinc_code == units.loinc_code) & (source_unit == units.source_unit), "left")
-            .join(people, own_key == F.col("_pk"), "left")
             .select(keyed_hash(key, F.lit("lab"), F.col("_hospital_id"), F.col("result_id")).alias("lab_key"),
                     F.col("_hospital_id").alias("hospital_id"),
-                    keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id"))
-                    .alias("encounter_key"),
-                    person.alias("person_key"),
+                    encounter_key(key),
+                    p.person_key.alias("person_key"),
                     lab_codes.loinc_code.alias("loinc_code"),
                     clean_text(F.col("test_code")).alias("source_code"),
                     clean_text(F.col("test_name")).alias("source_name"),
@@ -168,9 +175,9 @@ def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame
                     units.canonical_unit.alias("unit"),
                     lab_codes.loinc_code.isNotNull().alias("is_mapped"),
                     units.factor.isNotNull().alias("unit_ok"),
-                    parse_timestamp(F.col("result_time"), F.col("_hospital_id"), formats).alias("result_time"),
+                    p.timestamp("result_time"),
                     F.lit(vocab_version).alias("vocab_version"),
-                    updated.alias("updated_at"),
+                    p.updated.alias("updated_at"),
                     *_lineage()))
 
 
