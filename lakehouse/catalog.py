@@ -52,14 +52,25 @@ class TableRef:
 
 BRONZE_COLUMNS: dict[str, tuple[str, ...]] = {
     "patient": ("mrn", "name", "national_id", "sex", "birth_date", "phone", "address", "updated_at"),
-    "encounter": ("encounter_id", "mrn", "encounter_type", "department", "admit_time", "discharge_time",
-                  "discharge_disposition", "updated_at"),
-    "diagnosis": ("diagnosis_id", "encounter_id", "mrn", "icd_code", "diagnosis_name", "diagnosis_time",
+    "encounter": ("encounter_id", "mrn", "encounter_type", "admission_type", "department", "ward", "bed",
+                  "admit_time", "discharge_time", "discharge_disposition", "status", "updated_at"),
+    "diagnosis": ("diagnosis_id", "encounter_id", "mrn", "icd_code", "diagnosis_name", "diagnosis_time", "status",
                   "updated_at"),
-    "lab_result": ("result_id", "encounter_id", "mrn", "test_code", "test_name", "value", "unit",
-                   "result_time", "updated_at"),
+    "procedure": ("procedure_id", "encounter_id", "mrn", "procedure_code", "procedure_name", "procedure_time",
+                  "updated_at"),
+    "lab_result": ("result_id", "encounter_id", "mrn", "test_code", "test_name", "value", "unit", "reference_range",
+                   "abnormal_flag", "result_time", "status", "updated_at"),
+    "vital_sign": ("vital_id", "encounter_id", "mrn", "measure_code", "measure_name", "value", "unit", "measured_at",
+                   "updated_at"),
+    "medication": ("order_id", "encounter_id", "mrn", "drug_code", "drug_name", "dose", "dose_unit", "route",
+                   "frequency", "start_time", "end_time", "status", "updated_at"),
+    "imaging_report": ("report_id", "encounter_id", "mrn", "modality", "body_part", "report_text", "report_time",
+                       "updated_at"),
+    "note": ("note_id", "encounter_id", "mrn", "note_type", "note_text", "note_time", "updated_at"),
 }
-SOURCE_SYSTEM = {"patient": "HIS", "encounter": "HIS", "diagnosis": "EMR", "lab_result": "LIS"}
+ENTITIES = tuple(BRONZE_COLUMNS)
+SOURCE_SYSTEM = {"patient": "HIS", "encounter": "HIS", "diagnosis": "EMR", "procedure": "EMR", "lab_result": "LIS",
+                 "vital_sign": "NURSING", "medication": "HIS", "imaging_report": "PACS", "note": "EMR"}
 
 LINEAGE_DDL = (
     "_hospital_id STRING, _source_system STRING, _source_file STRING, _source_line BIGINT, "

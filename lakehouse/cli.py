@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=int, help="day 1 is the full history; later days are increments")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    gen.add_argument("--workers", type=int, default=1, help="processes; the bytes do not depend on it (default 1)")
+    gen.add_argument("--block-size", type=int, help="persons per independently seeded block (default 20000)")
+    gen.add_argument("--dialects", help="comma-separated dialect per hospital (default: cycle through all five)")
+    for rate in ("share-multi-hospital", "identity-noise-rate", "hard-negative-share", "defect-rate", "resend-rate"):
+        gen.add_argument(f"--{rate}", type=float, help="see README: the generator's defaults")
 
     ingest = add("ingest", "land new source files into bronze Delta tables (idempotent per file)")
     ingest.add_argument("--landing", help="landing folder <landing>/<hospital>/<day>/ (default: config)")
@@ -87,11 +92,18 @@ def _spark(settings: Settings):
     return spark
 
 
+GENERATOR_OPTIONS = ("hospitals", "patients", "days", "seed", "workers", "block_size", "share_multi_hospital",
+                     "identity_noise_rate", "hard_negative_share", "defect_rate", "resend_rate")
+
+
 def _generate(args, settings: Settings) -> int:
-    result = pipeline.run_generate(settings, args.out, args.overwrite, hospitals=args.hospitals,
-                                   patients=args.patients, days=args.days, seed=args.seed)
+    options = {name: getattr(args, name, None) for name in GENERATOR_OPTIONS}
+    if getattr(args, "dialects", None):
+        options["dialects"] = tuple(d.strip() for d in args.dialects.split(","))
+    result = pipeline.run_generate(settings, args.out, args.overwrite, **options)
     print(f"generated {result.files} files for {', '.join(result.hospitals)} in {result.landing}")
     print("rows: " + ", ".join(f"{k}={v}" for k, v in result.rows.items()) + f"; ground truth in {result.truth}")
+    print("planted defects: " + ", ".join(f"{k}={v}" for k, v in result.defects.items()))
     return 0
 
 
@@ -129,8 +141,7 @@ def _run_all(args, settings: Settings) -> int:
     if args.landing is None:
         demo_landing = f"{settings.path(settings.main.demo.out)}/landing"
         if not os.path.isdir(demo_landing):
-            _generate(argparse.Namespace(out=None, overwrite=False, hospitals=None, patients=None, days=None,
-                                         seed=None), settings)
+            _generate(argparse.Namespace(out=None, overwrite=False), settings)
         landing = demo_landing
     else:
         landing = pipeline.check_landing(settings, args.landing)

@@ -84,7 +84,8 @@ class MainSettings(Strict):
 
 # --- source contracts ---------------------------------------------------------------------------
 
-Entity = Literal["patient", "encounter", "diagnosis", "lab_result"]
+Entity = Literal["patient", "encounter", "diagnosis", "procedure", "lab_result", "vital_sign", "medication",
+                 "imaging_report", "note"]
 
 
 class EntitySource(Strict):
@@ -93,7 +94,8 @@ class EntitySource(Strict):
     encoding: str = "UTF-8"
     delimiter: str = ","
     header: bool = True
-    timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
+    compression: Literal["none", "gzip"] = Field("none", description="gzip files are read by their .gz suffix")
+    timestamp_format: str = Field("yyyy-MM-dd HH:mm:ss", description="a Spark datetime pattern, or epoch_ms")
     date_format: str = "yyyy-MM-dd"
     columns: dict[str, str] = Field(description="bronze column -> the hospital's column name")
 

@@ -30,7 +30,8 @@ def _edit(file: Path, change) -> None:
 def test_shipped_configuration_loads_with_typed_values():
     settings = load_settings(CONF, "local", "/tmp/x")
     assert settings.main.spark.master == "local[2]"
-    assert sorted(settings.sources) == ["H01", "H02", "H03"]
+    assert sorted(settings.sources) == ["H01", "H02", "H03", "H04"]
+    assert settings.sources["H04"].entities["encounter"].timestamp_format == "epoch_ms"
     assert settings.sources["H02"].entities["patient"].encoding == "GB18030"
     assert settings.tasks["readmission_30d"].outcome_window_days == 30
     assert settings.root == "/tmp/x"

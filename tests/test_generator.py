@@ -1,76 +1,365 @@
-"""The sample generator: dialects as claimed, deterministic, valid identifiers, refusals."""
+"""The region generator, checked by code that does not share the generator's writers.
+
+Files are decoded, split and parsed here with the standard library, the `hl7` package and the
+shipped source contracts; every planted defect is looked up at its file and line and recognised
+from the bytes alone.
+"""
 
 from __future__ import annotations
 
+import base64
 import csv
+import datetime as dt
+import gzip
 import hashlib
 import io
+import json
+from pathlib import Path
 
+import hl7
 import pandas as pd
 import pytest
+import yaml
+from conftest import CONF
+from sklearn.metrics import roc_auc_score
 
 from lakehouse.cli import main
 from lakehouse.errors import UsageError
-from lakehouse.synth.dialects import dialect_for
-from lakehouse.synth.generator import generate, valid_national_id
+from lakehouse.synth.generator import generate, read_truth
+from lakehouse.synth.people import valid_national_id
+
+RATE = 0.005
+FHIR_TYPES = {"patient": "Patient", "encounter": "Encounter", "diagnosis": "Condition", "procedure": "Procedure",
+              "lab_result": "Observation", "vital_sign": "Observation", "medication": "MedicationRequest",
+              "imaging_report": "DiagnosticReport", "note": "DocumentReference"}
+ENCODING = {"H01": "utf-8", "H02": "gb18030", "H03": "utf-8", "H04": "utf-8"}
+DELIMITER = {"H01": ",", "H02": "\t", "H03": "|", "H04": ","}
 
 
-def _digest(folder) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    """Five hospitals (every dialect), two days, small blocks so the region spans several of them."""
+    return generate(tmp_path_factory.mktemp("gen") / "out", hospitals=5, patients=1500, days=2, seed=3,
+                    block_size=600)
+
+
+def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("gen") / "out", hospitals=3, patients=300, days=3, seed=3)
+def _raw_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    if path.suffix == ".hl7":
+        return [s for s in data.replace(b"\r\n", b"\r").split(b"\r") if s]
+    return data.split(b"\n")[:-1]
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
-    again = generate(tmp_path / "again", hospitals=3, patients=300, days=3, seed=3)
-    other = generate(tmp_path / "other", hospitals=3, patients=300, days=3, seed=4)
-    assert _digest(small.out) == _digest(again.out)
-    assert _digest(small.out) != _digest(other.out)
+def _contract(hospital: str, entity: str) -> dict:
+    return yaml.safe_load((CONF / "sources" / f"{hospital.lower()}.yaml").read_text("utf-8"))["entities"][entity]
 
 
-def test_each_hospital_file_decodes_in_its_dialect(small):
-    for index, hospital in enumerate(small.hospitals):
-        dialect = dialect_for(index)
-        files = sorted((small.landing / hospital).rglob("*.*sv"))
-        assert files, hospital
-        for file in files:
-            raw = file.read_bytes()
-            assert raw.startswith(b"\xef\xbb\xbf") == (dialect.encoding == "utf-8-sig")
-            text = raw.decode(dialect.encoding)
-            header = next(csv.reader(io.StringIO(text), delimiter=dialect.delimiter))
-            entity = file.name.split(".")[0]
-            assert header == list(dialect.columns[entity].values())
-        if dialect.encoding == "gb18030":  # really GB18030, not UTF-8
-            with pytest.raises(UnicodeDecodeError):
-                files[0].read_bytes().decode("utf-8")
+def test_same_seed_gives_the_same_bytes_at_any_parallelism(region, tmp_path):
+    options = dict(hospitals=5, patients=1500, days=2, seed=3, block_size=600)
+    parallel = generate(tmp_path / "parallel", workers=2, **options)
+    assert _digest(parallel.out) == _digest(region.out)
+    other = generate(tmp_path / "other", **{**options, "seed": 4})
+    assert _digest(other.out) != _digest(region.out)
 
 
-def test_days_split_history_from_increments(small):
-    days = sorted({p.parent.name for p in small.landing.rglob("*.*sv")})
-    assert len(days) == 3
-    day1 = [p for p in small.landing.rglob("*.*sv") if p.parent.name == days[0]]
-    later = [p for p in small.landing.rglob("*.*sv") if p.parent.name != days[0]]
-    assert sum(p.stat().st_size for p in day1) > 10 * sum(p.stat().st_size for p in later)
+def test_each_dialect_is_what_it_claims(region):
+    files = sorted(p for p in region.landing.rglob("*") if p.is_file() and p.stat().st_size)
+    seen_formats = set()
+    for path in files:
+        hospital, entity = path.parts[-3], path.name.split("-")[0]
+        if path.name.startswith("patient-truncated"):
+            continue
+        if hospital == "H05":
+            assert path.suffix == ".ndjson"
+            kinds = {json.loads(line)["resourceType"] for line in _raw_lines(path) if _is_json(line)}
+            assert kinds == {FHIR_TYPES[entity]}, path
+            seen_formats.add("fhir")
+        elif path.suffix == ".hl7":
+            text = path.read_bytes().decode("utf-8").replace("\r\n", "\r")
+            messages = [m for m in text.split("\rMSH|") if m]
+            parsed = hl7.parse("MSH|" + messages[1] if len(messages) > 1 else text)
+            assert [str(s[0]) for s in parsed][:4] == ["MSH", "PID", "PV1", "OBR"]
+            assert str(parsed.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+            seen_formats.add("hl7")
+        else:
+            raw = path.read_bytes()
+            if path.suffix == ".gz":
+                raw = gzip.decompress(raw)
+                seen_formats.add("gzip")
+            assert raw.startswith(b"\xef\xbb\xbf") == (hospital == "H03")
+            header = raw.split(b"\n")[0].decode(ENCODING[hospital]).lstrip("\ufeff").split(DELIMITER[hospital])
+            contract = _contract(hospital, entity)
+            assert header[: len(contract["columns"])] == list(contract["columns"].values()), path
+            seen_formats.add(f"csv-{ENCODING[hospital]}")
+    assert seen_formats == {"fhir", "hl7", "gzip", "csv-utf-8", "csv-gb18030"}
 
 
-def test_ground_truth_identities_and_outcomes(small):
-    persons = pd.read_csv(small.truth / "persons.csv", dtype={"national_id": str})
-    assert persons["national_id"].map(valid_national_id).all()
-    records = pd.read_csv(small.truth / "patient_records.csv")
-    multi = records.groupby("person_id")["hospital_id"].nunique()
-    assert 0.2 < (multi > 1).mean() < 0.4  # ~30% of persons seen in two hospitals
-    outcomes = pd.read_csv(small.truth / "outcomes.csv")
-    assert outcomes["true_probability"].between(0, 1).all() and len(outcomes) > 100
+def test_hl7_escape_sequences_round_trip(region):
+    path = max(region.landing.glob("H04/*/lab_result-*.hl7"), key=lambda p: p.stat().st_size)
+    text = path.read_bytes().decode("utf-8")
+    assert "\\S\\" in text and "\\T\\" in text  # '^' and '&' inside test names are escaped
+    message = hl7.parse(text.replace("\r\n", "\r").split("\rMSH|")[0])
+    names = {message.unescape(str(obx[3][0][1])) for obx in message.segments("OBX") if len(obx) > 3}
+    assert names, "no OBX test names parsed"
 
 
-def test_bad_arguments_are_refused(small, tmp_path, capsys):
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+def _fields(line: bytes, hospital: str) -> list[str]:
+    return line.decode(ENCODING[hospital], errors="replace").lstrip("\ufeff").split(DELIMITER[hospital])
+
+
+def _parses(value: str, hospital: str, entity: str, field: str) -> bool:
+    if hospital == "H05":
+        try:
+            dt.datetime.fromisoformat(value)
+            return True
+        except ValueError:
+            return False
+    if hospital == "H04":
+        return value.isdigit() and len(value) in (13, 14)  # epoch milliseconds, or an HL7 timestamp
+    fmt = _contract(hospital, entity)["date_format" if field == "birth_date" else "timestamp_format"]
+    python = (fmt.replace("yyyy", "%Y").replace("MM", "%m").replace("dd", "%d").replace("HH", "%H")
+              .replace("mm", "%M").replace("ss", "%S"))
+    try:
+        dt.datetime.strptime(value, python)
+        return True
+    except ValueError:
+        return False
+
+
+TIME_FIELD = {"patient": "updated_at", "encounter": "admit_time", "diagnosis": "diagnosis_time",
+              "procedure": "procedure_time", "lab_result": "result_time", "vital_sign": "measured_at",
+              "medication": "start_time", "imaging_report": "report_time", "note": "note_time"}
+
+
+def test_every_planted_defect_is_at_its_file_and_line(region):
+    defects = read_truth(region.truth, "defects")
+    assert set(defects["kind"]) >= {"exact_duplicate", "truncated_line", "wrong_encoding_line", "invalid_json",
+                                    "malformed_segment", "unparseable_date", "impossible_value", "unknown_code",
+                                    "missing_required", "orphan", "empty_file", "truncated_gzip", "schema_drift"}
+    encounters = _all_encounter_ids(region.landing)
+    checked = 0
+    for row in defects.itertuples():
+        path, line, hospital = region.landing / row.file, int(row.line), row.hospital_id
+        if row.kind == "empty_file":
+            assert path.stat().st_size == 0
+            continue
+        if row.kind == "truncated_gzip":
+            with pytest.raises((EOFError, OSError)):
+                gzip.decompress(path.read_bytes())
+            continue
+        lines = _raw_lines(path)
+        if row.kind == "schema_drift":
+            header = _fields(lines[0], hospital)
+            assert len(header) == len(_contract(hospital, row.entity)["columns"]) + 1
+            continue
+        if line < 0:  # a value defect inside an HL7 message: found by its record id below
+            assert any(row.record_id.encode() in seg for seg in lines)
+            continue
+        text = lines[line - 1]
+        checked += 1
+        assert _recognised(row, text, lines, hospital, encounters), (row, text[:200])
+    assert checked > 500
+
+
+def _recognised(row, text: bytes, lines: list[bytes], hospital: str, encounters: set[str]) -> bool:
+    kind = row.kind
+    if kind == "exact_duplicate":
+        return text == lines[int(row.line) - 2]
+    if kind == "truncated_line":
+        return len(_fields(text, hospital)) < len(_fields(lines[0], hospital))
+    if kind == "wrong_encoding_line":
+        if ENCODING[hospital] == "utf-8":
+            try:
+                text.decode("utf-8")
+                return False
+            except UnicodeDecodeError:
+                return True
+        return not text.isascii() and text.decode("utf-8", errors="strict") is not None
+    if kind == "invalid_json":
+        return not _is_json(text)
+    if kind == "malformed_segment":
+        return text.startswith(b"OBX|") and len(text.split(b"|")) < 6
+    record = _record(text, lines[0], hospital, row.entity)
+    if kind == "missing_required":
+        return record["id"] in ("", None)
+    if kind == "unparseable_date":
+        return not _parses(record["time"], hospital, row.entity, TIME_FIELD[row.entity])
+    if kind == "orphan":
+        return record["encounter_id"] not in encounters and record["encounter_id"].startswith("NOSUCH")
+    if kind == "unknown_code":
+        return record["code"].startswith("ZZ")
+    if kind == "impossible_value":
+        return _impossible(record, row.entity, hospital)
+    raise AssertionError(f"unchecked kind {kind}")
+
+
+def _record(text: bytes, header: bytes, hospital: str, entity: str) -> dict:
+    """The few fields the checks need, read the way a consumer would read the file."""
+    if hospital == "H05":
+        resource = json.loads(text)
+        code = resource.get("code", {}).get("coding", [{}])[0].get("code", "")
+        if entity == "medication":
+            code = resource["medicationCodeableConcept"]["coding"][0]["code"]
+        time = {"Patient": resource.get("meta", {}).get("lastUpdated"), "Encounter": resource.get("period", {}).get(
+            "start"), "Condition": resource.get("recordedDate"), "Procedure": resource.get("performedDateTime"),
+            "Observation": resource.get("effectiveDateTime"), "MedicationRequest": resource.get("authoredOn"),
+            "DiagnosticReport": resource.get("effectiveDateTime"), "DocumentReference": resource.get("date")}
+        value = resource.get("valueQuantity", {}).get("value")
+        return {"id": resource.get("id") if entity != "patient" else resource["identifier"][0]["value"],
+                "time": time[resource["resourceType"]] or "", "code": code,
+                "encounter_id": resource.get("encounter", resource.get("context", {}).get("encounter", [{}])[0]
+                                             if entity == "note" else {}).get("reference", "/").split("/")[-1],
+                "value": value, "birth_date": resource.get("birthDate", ""),
+                "admit": resource.get("period", {}).get("start"), "discharge": resource.get("period", {}).get("end"),
+                "measure": code}
+    contract = _contract(hospital, entity)["columns"]
+    names = _fields(header, hospital)
+    values = dict(zip(names, _fields(text, hospital), strict=False))
+    get = lambda field: values.get(contract.get(field, "?"), "")  # noqa: E731
+    id_field = {"patient": "mrn", "encounter": "encounter_id", "diagnosis": "diagnosis_id",
+                "procedure": "procedure_id", "lab_result": "result_id", "vital_sign": "vital_id",
+                "medication": "order_id", "imaging_report": "report_id", "note": "note_id"}[entity]
+    code_field = {"lab_result": "test_code", "vital_sign": "measure_code", "medication": "drug_code",
+                  "diagnosis": "icd_code", "procedure": "procedure_code"}.get(entity, id_field)
+    return {"id": get("mrn") if entity == "patient" else get(id_field), "time": get(TIME_FIELD[entity]),
+            "code": get(code_field), "encounter_id": get("encounter_id"), "value": get("value"),
+            "birth_date": get("birth_date"), "admit": get("admit_time"), "discharge": get("discharge_time"),
+            "measure": get("measure_code")}
+
+
+def _impossible(record: dict, entity: str, hospital: str) -> bool:
+    if entity == "patient":
+        return "2099" in str(record["birth_date"])
+    if entity == "encounter":
+        admit, discharge = record["admit"], record["discharge"]
+        if hospital in ("H04",):
+            return int(discharge) < int(admit)
+        return discharge < admit if hospital != "H05" else dt.datetime.fromisoformat(discharge) < \
+            dt.datetime.fromisoformat(admit)
+    value = float(record["value"])
+    if entity == "lab_result":
+        return value < 0
+    code = record["measure"]
+    spo2, temperature, pulse = code.endswith("SPO2") or code == "59408-5", code.endswith("T") or code == "8310-5", \
+        code.endswith("P") or code == "8867-4"
+    return value < 0 or (spo2 and value > 100) or (temperature and value >= 45) or (pulse and value > 300)
+
+
+def _all_encounter_ids(landing: Path) -> set[str]:
+    ids = set()
+    for path in landing.rglob("encounter-*"):
+        for line in _raw_lines(path)[1:]:
+            ids.add(line.split(b",")[0].split(b"\t")[0].split(b"|")[0].decode("utf-8", "replace"))
+    return ids
+
+
+def test_defect_counts_follow_the_configured_rate(region):
+    defects = read_truth(region.truth, "defects")
+    rows = sum(region.rows.values())
+    counts = defects["kind"].value_counts()
+    for kind in ("unparseable_date", "missing_required"):  # applicable to every entity
+        assert 0.6 * RATE * rows < counts[kind] < 1.2 * RATE * rows, (kind, counts[kind], rows)
+    assert counts["exact_duplicate"] > 0.6 * RATE * rows
+    for kind in ("empty_file", "truncated_gzip", "schema_drift"):
+        assert counts[kind] == 1
+
+
+def test_identity_ground_truth_matches_the_defaults(region):
+    records = read_truth(region.truth, "patient_records")
+    persons = read_truth(region.truth, "persons")
+    assert records["national_id"].map(lambda v: v == "" or len(v) == 18).all()
+    true_ids = persons.set_index("person_id")["national_id"]
+    assert true_ids.map(valid_national_id).all()
+    anchors = persons[persons["hard_negative_of"] == "-1"]
+    multi = records[records["person_id"].isin(anchors["person_id"])].groupby("person_id")["hospital_id"].nunique()
+    assert 0.25 < (multi > 1).mean() < 0.35
+    assert 0.005 < (persons["hard_negative_of"] != "-1").mean() < 0.02
+    secondary = records[records["primary"] == "False"]
+    for kind in ("name_typo", "id_missing", "id_mistyped", "phone_changed"):
+        share = secondary["noise"].str.contains(kind).mean()
+        assert 0.02 < share < 0.09, (kind, share)
+    mistyped = secondary[secondary["noise"].str.contains("id_mistyped")]
+    assert not mistyped["national_id"].map(valid_national_id).any()
+
+
+def test_notes_carry_the_planted_identifiers(region):
+    identifiers = read_truth(region.truth, "note_identifiers")
+    texts = {}
+    for path in region.landing.glob("H05/*/note-*.ndjson"):
+        for line in _raw_lines(path):
+            if _is_json(line):
+                doc = json.loads(line)
+                texts[doc["id"]] = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode("utf-8")
+    h05 = identifiers[identifiers["hospital_id"] == "H05"]
+    found = h05[h05["note_id"].isin(texts)]
+    assert len(found) > 100
+    assert all(value in texts[note] for note, value in zip(found["note_id"], found["value"], strict=True))
+    assert set(found["kind"]) == {"name", "national_id", "phone", "mrn", "relative_name"}
+
+
+def test_bad_arguments_are_refused(region, tmp_path, capsys):
     with pytest.raises(UsageError, match="--patients must be a positive number"):
         generate(tmp_path / "x", patients=-1)
-    with pytest.raises(UsageError, match="not empty"):
-        generate(small.out)
-    assert main(["generate", "--out", str(small.out), "--root", str(tmp_path / "r")]) == 2
+    with pytest.raises(UsageError, match="unknown dialect"):
+        generate(tmp_path / "y", hospitals=1, dialects=("klingon",))
+    with pytest.raises(UsageError, match="not enough disk"):
+        generate(tmp_path / "z", patients=10**12)
+    assert main(["generate", "--out", str(region.out), "--root", str(tmp_path / "r")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_planted_outcomes_carry_the_documented_signal(tmp_path):
+    """At the defaults (3,000 persons), the true probabilities' AUROC against the outcomes as the data
+    shows them: the ceiling for any model (between 0.75 and 0.90)."""
+    result = generate(tmp_path / "default", seed=42)
+    outcomes = read_truth(result.truth, "outcomes")
+    for column in ("admit_time", "discharge_time"):
+        outcomes[column] = pd.to_datetime(outcomes[column])
+    end = pd.Timestamp("2026-01-01")
+    stays = outcomes.sort_values("admit_time")
+    admissions = stays.groupby("person_id")["admit_time"].apply(list).to_dict()
+    alive = stays[(stays["died"] == "False") & (stays["discharge_time"] <= end - pd.Timedelta(days=30))]
+    label = [any(d < a <= d + pd.Timedelta(days=30) for a in admissions[p])
+             for p, d in zip(alive["person_id"], alive["discharge_time"], strict=True)]
+    readmission_auroc = roc_auc_score(label, alive["readmission_probability"].astype(float))
+    long_stays = stays[stays["mortality_probability"] != ""]
+    mortality_auroc = roc_auc_score(long_stays["died"] == "True", long_stays["mortality_probability"].astype(float))
+    print(f"ceiling AUROC: readmission {readmission_auroc:.3f} on {len(alive)} discharges, "
+          f"in-hospital mortality {mortality_auroc:.3f} on {len(long_stays)} stays")
+    assert 0.75 <= readmission_auroc <= 0.90
+    assert 0.75 <= mortality_auroc <= 0.95
+    assert sum(label) >= 200 and (long_stays["died"] == "True").sum() >= 50
+
+
+def test_csv_lines_have_one_record_each(region):
+    """No free text breaks a CSV line: every line of a clean file has the header's field count."""
+    defects = read_truth(region.truth, "defects")
+    broken = set(zip(defects["file"], defects["line"].astype(int), strict=True))
+    for path in region.landing.glob("H0[1-3]/*/*-b*.*sv"):
+        lines = _raw_lines(path)
+        width = len(_fields(lines[0], path.parts[-3]))
+        relative = "/".join(path.parts[-3:])
+        for number, line in enumerate(lines[1:], start=2):
+            if (relative, number) not in broken:
+                assert len(_fields(line, path.parts[-3])) == width, (relative, number)
+
+
+def test_reads_as_csv_with_the_standard_library(region):
+    path = next(region.landing.glob("H02/*/patient-*.tsv"))
+    rows = list(csv.reader(io.StringIO(path.read_bytes().decode("gb18030", errors="replace")), delimiter="\t"))
+    assert rows[0][:2] == ["病案号", "姓名"] and len(rows) > 50

@@ -26,6 +26,7 @@ from lakehouse.catalog import (
 )
 from lakehouse.cli import main
 from lakehouse.ml.train import current
+from lakehouse.synth.generator import read_truth
 
 pytestmark = pytest.mark.e2e
 TASK = "readmission_30d"
@@ -35,16 +36,20 @@ def _versions(spark, root) -> dict[str, int]:
     return {ref.qualified: io.latest_version(spark, ref, root) for ref in io.register_all(spark, root)}
 
 
-def test_bronze_lands_every_generated_row_with_a_reconciled_ledger(spark, region):
+def test_bronze_lands_every_generated_line_with_a_reconciled_ledger(spark, region):
     root = region.settings.root
+    duplicates = read_truth(region.truth, "defects").query("kind == 'exact_duplicate'")["entity"].value_counts()
+    expected = {entity: rows + int(duplicates.get(entity, 0)) for entity, rows in region.generated.rows.items()}
     for entity, ref in BRONZE.items():
-        assert io.read(spark, ref, root).count() == region.generated.rows[entity], entity
+        assert io.read(spark, ref, root).count() == expected[entity], entity
     ledger = io.read(spark, INGEST_LEDGER, root)
     files = sorted(str(p) for p in region.landing.rglob("*") if p.is_file())
     assert ledger.count() == len(files)
-    assert ledger.where("status != 'landed' OR rows_read != rows_landed + rows_quarantined").count() == 0
+    assert ledger.where("rows_read != rows_landed + rows_quarantined").count() == 0
+    not_landed = {(Path(r.path).name, r.status, r.reason) for r in ledger.where("status != 'landed'").collect()}
+    assert not_landed == {("lab_result-empty.csv", "failed", "empty file (0 bytes)")}
     per_entity = dict(ledger.groupBy("entity").agg(F.sum("rows_landed")).collect())
-    assert per_entity == region.generated.rows
+    assert per_entity == expected
 
 
 def test_tables_are_real_delta_and_registered_in_the_catalog(spark, region):
@@ -61,23 +66,25 @@ def test_silver_is_pseudonymous_and_links_one_person_across_hospitals(spark, reg
     root = region.settings.root
     person = io.read(spark, PERSON, root)
     assert not {"name", "national_id", "phone", "address", "mrn", "birth_date"} & set(person.columns)
-    records = pd.read_csv(region.truth / "patient_records.csv")
-    assert person.count() == len(records)
+    records = read_truth(region.truth, "patient_records")
+    defects = read_truth(region.truth, "defects").query("entity == 'patient' and kind == 'missing_required'")
+    # a record whose MRN was blanked is known only as "" (one per hospital)
+    assert person.count() == len(records) - len(defects) + defects["hospital_id"].nunique()
     multi_hospital = records.groupby("person_id")["hospital_id"].nunique().gt(1).sum()
     persons_linked = person.groupBy("person_key").agg(F.countDistinct("hospital_id").alias("n")).where("n > 1").count()
-    assert persons_linked == multi_hospital > 0
+    assert 0.8 * multi_hospital <= persons_linked <= multi_hospital  # same valid ID number; noise defeats some
 
 
 def test_vault_holds_ciphertext_that_only_the_key_opens(spark, region):
     vault = io.read(spark, IDENTITY, region.settings.root)
     assert dict(vault.dtypes)["name_enc"] == "binary"
     sample = vault.select("name_enc").first().name_enc
-    names = set(pd.read_csv(region.truth / "patient_records.csv")["name"])
+    names = set(read_truth(region.truth, "patient_records")["name"])
     assert not any(name.encode() in bytes(sample) for name in names)
     key = bytes.fromhex(TEST_KEYS["LAKEHOUSE_VAULT_KEY"])
     opened = {r.name for r in vault.select(F.aes_decrypt("name_enc", F.lit(key), F.lit("GCM"))
                                            .cast("string").alias("name")).collect()}
-    assert opened == names
+    assert len(opened & names) >= 0.98 * len(names)  # the rest: names on lines planted broken
     wrong = F.try_aes_decrypt("name_enc", F.lit(bytes(32)), F.lit("GCM"))
     assert vault.select(wrong.alias("x")).where("x IS NOT NULL").count() == 0
 

@@ -20,11 +20,13 @@ KEY = bytes(32)
 def test_to_bronze_renames_keeps_unmapped_and_numbers_lines(spark):
     source = EntitySource(pattern="lab.csv", columns={
         "result_id": "单号", "encounter_id": "流水号", "mrn": "病案号", "test_code": "代码", "test_name": "名称",
-        "value": "结果", "unit": "单位", "result_time": "时间", "updated_at": "更新"})
+        "value": "结果", "unit": "单位", "reference_range": "参考", "abnormal_flag": "标志", "result_time": "时间",
+        "status": "状态", "updated_at": "更新"})
     raw = spark.createDataFrame(pd.DataFrame({
         "\ufeff单号": ["r1", "r2", "r3"], "流水号": ["e1", "e1", "e2"], "病案号": ["m1", "m1", "m2"],
         "代码": ["GLU", "CREA", "GLU"], "名称": ["葡萄糖", "肌酐", "葡萄糖"], "结果": ["5.1", "88", "abc"],
-        "单位": ["mmol/L", "umol/L", "mmol/L"], "时间": ["t1", "t2", "t3"], "更新": ["u1", "u2", "u3"],
+        "单位": ["mmol/L", "umol/L", "mmol/L"], "参考": "3.9-6.1", "标志": "", "时间": ["t1", "t2", "t3"],
+        "状态": "final", "更新": ["u1", "u2", "u3"],
         "新列": ["x", None, "z"], "_source_file": ["f1", "f1", "f2"]}))
     bronze = to_bronze(raw, source, "lab_result", "H01", "batch-1")
     got = bronze.select("result_id", "value", "_hospital_id", "_source_system", "_source_file", "_source_line",

@@ -10,6 +10,7 @@ in `_extra`), and appended; `ops.ingest_ledger` gets one row per file.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from dataclasses import dataclass
 from functools import reduce
 
@@ -35,12 +36,33 @@ class LandingFile:
     reason: str | None = None
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def list_files(spark: SparkSession, landing: str) -> list[tuple[str, int]]:
+    """Every file under the landing folder with its size, empty ones included (Spark's file sources skip
+    zero-byte files, so the listing asks Hadoop's FileSystem directly: one entry per file, never per row)."""
+    jvm = spark.sparkContext._jvm  # noqa: SLF001
+    root = jvm.org.apache.hadoop.fs.Path(landing)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+    found, listing = [], fs.listFiles(root, True)
+    while listing.hasNext():
+        status = listing.next()
+        found.append((status.getPath().toString(), int(status.getLen())))
+    return sorted(found)
+
+
 def list_landing(spark: SparkSession, landing: str) -> DataFrame:
-    """Every file under the landing folder with its size and sha256 (hashed on the executors)."""
-    return (spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .load(landing)
-            .select(F.col("path"), F.col("length").alias("size"), F.sha2("content", 256).alias("sha256")))
+    """Every file with its size and sha256; contents are hashed on the executors."""
+    files = list_files(spark, landing)
+    listed = spark.createDataFrame(files, "path STRING, size BIGINT")
+    non_empty = [path for path, size in files if size > 0]
+    if not non_empty:
+        return listed.withColumn("sha256", F.lit(EMPTY_SHA256))
+    hashes = (spark.read.format("binaryFile").load(non_empty)
+              .select(F.col("path").alias("_p"), F.sha2("content", 256).alias("sha256")))
+    return (listed.join(hashes, listed.path == hashes._p, "left")
+            .select("path", "size", F.coalesce("sha256", F.lit(EMPTY_SHA256)).alias("sha256")))
 
 
 def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | None, str | None, str | None]:
@@ -61,7 +83,8 @@ def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | N
 def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[list[LandingFile], list[LandingFile]]:
     """Split the landing folder into files to ingest and files already in the ledger (same checksum)."""
     listed = list_landing(spark, landing)
-    ledger = io.read_or_empty(spark, INGEST_LEDGER, settings.root).where(F.col("status") == LANDED)
+    # any file version already recorded (landed, or refused for a reason that the same bytes would repeat)
+    ledger = io.read_or_empty(spark, INGEST_LEDGER, settings.root)
     seen = ledger.select("path", "sha256").distinct().withColumn("_seen", F.lit(True))
     rows = listed.join(seen, ["path", "sha256"], "left").collect()  # one row per file, not per record
     new, skipped = [], []
@@ -117,11 +140,13 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
     """Land every new file; return what was written and counts for the run summary."""
     new, skipped = plan_files(spark, settings, landing)
     ledger_rows = [_ledger_row(f, batch_id, 0, 0, UNMATCHED, f.reason) for f in new if f.entity is None]
+    ledger_rows += [_ledger_row(f, batch_id, 0, 0, FAILED, "empty file (0 bytes)") for f in new
+                    if f.entity is not None and f.size == 0]
+    readable = [f for f in new if f.size > 0 and f.entity is not None]
     written: dict[str, Written] = {}
     groups: dict[tuple[str, str], list[LandingFile]] = {}
-    for f in new:
-        if f.entity is not None:
-            groups.setdefault((f.hospital_id, f.entity), []).append(f)
+    for f in readable:
+        groups.setdefault((f.hospital_id, f.entity), []).append(f)
     by_entity: dict[str, list] = {}
     for (hospital_id, entity), files in sorted(groups.items()):
         source = settings.sources[hospital_id].entities[entity]

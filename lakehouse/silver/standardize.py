@@ -23,9 +23,20 @@ def parse_timestamp(col: Column, hospital: Column, formats: dict[str, str]) -> C
     """Parse with each hospital's declared format; unparseable values become null (flagged by DQ)."""
     expr = None
     for hospital_id, fmt in sorted(formats.items()):
-        parsed = F.try_to_timestamp(clean_text(col), F.lit(fmt))
+        parsed = _parse(clean_text(col), fmt)
         expr = F.when(hospital == hospital_id, parsed) if expr is None else expr.when(hospital == hospital_id, parsed)
     return expr if expr is not None else F.lit(None).cast("timestamp")
+
+
+EPOCH_MS = "epoch_ms"
+HOSPITAL_TIME_ZONE = "Asia/Shanghai"
+
+
+def _parse(value: Column, fmt: str) -> Column:
+    """Wall-clock time at the hospital. Epoch milliseconds are instants: shifted to the hospital's zone."""
+    if fmt == EPOCH_MS:
+        return F.from_utc_timestamp(F.timestamp_millis(value.try_cast("long")), HOSPITAL_TIME_ZONE)
+    return F.try_to_timestamp(value, F.lit(fmt))
 
 
 def national_id_is_valid(col: Column) -> Column:

@@ -1,63 +1,77 @@
-"""A synthetic region: hospitals' source dumps in their own dialects, with a ground truth beside them.
+"""A synthetic region: each hospital's dumps in its own dialect, with a ground truth beside them.
 
-`generate(out, hospitals, patients, days, seed)` writes
-    out/landing/<hospital>/<yyyy-mm-dd>/{patient,encounter,diagnosis,lab_result}.<ext>
-    out/truth/{persons,patient_records,outcomes}.csv     (never read by the pipeline)
+    out/landing/<hospital>/<yyyy-mm-dd>/<entity>-b<block>.<ext>   what hospitals send
+    out/truth/<table>/b<block>.csv and out/truth/*.csv/json        what really happened (never read by the pipeline)
 
-Day 1 holds the full history up to (end_date - days + 1); each later day holds that day's new
-events. Readmissions are drawn from a documented risk model (RISK_MODEL) over age, comorbidities
-and admission labs, so a model trained on the data has a known ceiling (the true probabilities).
-All draws are vectorized numpy; the same seed gives the same bytes.
+Persons are generated in blocks of `block_size`; a block's draws depend only on (seed, block), so
+blocks run in any order or in parallel (`workers`) and give identical bytes, and memory stays
+bounded by the block size whatever the region's size. Day 1 holds the full history up to
+(end_date - days + 1); each later day holds that day's events plus resends that correct or cancel
+earlier records. Record-level defects are planted at `defect_rate` per kind and file-level
+defects once per region; every one is in truth/defects with its file, line and kind.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import gzip
+import json
+import math
 import shutil
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lakehouse.errors import UsageError
-from lakehouse.synth.dialects import Dialect, dialect_for, hospital_id
+from lakehouse.synth import defects as D
+from lakehouse.synth.clinical import DEPARTMENTS, DRUGS, LABS, REFERENCE, VITALS, Clinical, draw_clinical
+from lakehouse.synth.dialects import DIALECTS, FIELDS, ID_FIELDS, Dialect, dialect_for, hospital_id
+from lakehouse.synth.people import draw_persons, pinyin, registrations, valid_national_id  # noqa: F401
+from lakehouse.synth.render import fhir_resource, format_times, write_csv, write_hl7, write_ndjson
 
-END_DATE = dt.date(2026, 1, 1)
-HISTORY_DAYS = 3 * 365
-SHARE_MULTI_HOSPITAL = 0.30
-READMISSION_ROUNDS = 3
-_RECORD_FIELDS = ["person_id", "hospital_id", "mrn", "age", "diabetes", "heart_failure", "ckd"]
-
-# logit of 30-day readmission after an inpatient discharge (documented in the README)
-RISK_MODEL = {
-    "intercept": -4.2,
-    "per_decade_over_60": 0.45,
-    "heart_failure": 1.6,
-    "ckd": 1.1,
-    "diabetes": 0.5,
-    "creatinine_over_133_umol_l": 1.2,
-    "hba1c_over_8_pct": 0.9,
-    "per_day_of_stay_over_5": 0.15,
-}
-
-SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈")
-GIVEN = list("伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华玉萍红娥玲芬燕彬斌宇浩凯鹏辉建国志")
-CITIES = ["和平区", "河西区", "南开区", "河东区", "红桥区", "西青区"]
-ROADS = ["解放路", "人民路", "建设路", "中山路", "胜利街", "友谊路"]
-DEPARTMENTS = {"inpatient": ["心内科", "内分泌科", "肾内科", "呼吸科", "普外科", "骨科"],
-               "outpatient": ["全科门诊", "内分泌门诊", "心内门诊"], "emergency": ["急诊科"]}
-REASONS = [("J18.9", "肺炎"), ("I21.9", "急性心肌梗死"), ("K35.8", "急性阑尾炎"), ("S72.0", "股骨颈骨折"),
-           ("I63.9", "脑梗死"), ("N39.0", "尿路感染"), ("J44.1", "慢性阻塞性肺病急性加重")]
-COMORBIDITIES = {"diabetes": ("E11.9", "2型糖尿病"), "heart_failure": ("I50.9", "心力衰竭"),
-                 "ckd": ("N18.3", "慢性肾脏病3期")}
-GLUCOSE_MG_DL_PER_MMOL_L = 18.016
-CREATININE_UMOL_L_PER_MG_DL = 88.42
-ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
-ID_CHECK = np.array(list("10X98765432"))
+BYTES_PER_PERSON = 40_000  # upper bound of landing + truth bytes per person, measured at the defaults (README)
+RESENT_ENTITIES = ("encounter", "lab_result", "medication", "diagnosis")
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """Sizes and rates. The defaults are the yardstick every number of the project is measured on."""
+
+    hospitals: int = 5
+    patients: int = 3000
+    days: int = 1
+    seed: int = 42
+    share_multi_hospital: float = 0.30
+    identity_noise_rate: float = 0.05
+    hard_negative_share: float = 0.01
+    defect_rate: float = 0.005
+    resend_rate: float = 0.02
+    block_size: int = 20_000
+    end_date: dt.date = dt.date(2026, 1, 1)
+    history_days: int = 3 * 365
+    dialects: tuple[str, ...] = ()  # empty: hospital i uses DIALECT_ORDER[i % 5]
+
+    def dialect(self, index: int) -> Dialect:
+        return DIALECTS[self.dialects[index]] if self.dialects else dialect_for(index)
+
+    @property
+    def blocks(self) -> int:
+        return math.ceil(self.patients / self.block_size)
+
+    @property
+    def end(self) -> pd.Timestamp:
+        return pd.Timestamp(self.end_date)
+
+    @property
+    def first_day(self) -> dt.date:
+        return self.end_date - dt.timedelta(days=self.days)
+
+
+@dataclass
 class GenerateResult:
     out: Path
     landing: Path
@@ -65,260 +79,325 @@ class GenerateResult:
     hospitals: list[str]
     files: int
     rows: dict[str, int]
+    defects: dict[str, int] = field(default_factory=dict)
 
 
-def check_arguments(out: Path, hospitals: int, patients: int, days: int, overwrite: bool) -> None:
-    for name, value in (("--hospitals", hospitals), ("--patients", patients), ("--days", days)):
-        if value < 1:
-            raise UsageError(f"{name} must be a positive number, got {value}")
-    if days > 365:
-        raise UsageError(f"--days must be at most 365, got {days}")
+def check_arguments(out: Path, config: GeneratorConfig, overwrite: bool) -> None:
+    for name in ("hospitals", "patients", "days", "block_size"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name} must be a positive number, got {getattr(config, name)}")
+    if config.days > 365:
+        raise UsageError(f"--days must be at most 365, got {config.days}")
+    for name in ("share_multi_hospital", "identity_noise_rate", "hard_negative_share", "defect_rate", "resend_rate"):
+        if not 0 <= getattr(config, name) <= 0.5:
+            raise UsageError(f"{name} must be between 0 and 0.5, got {getattr(config, name)}")
+    unknown = [d for d in config.dialects if d not in DIALECTS]
+    if unknown:
+        raise UsageError(f"unknown dialect(s) {unknown}; known: {sorted(DIALECTS)}")
+    if config.dialects and len(config.dialects) != config.hospitals:
+        raise UsageError(f"--dialects names {len(config.dialects)} dialects for {config.hospitals} hospitals")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output folder {out} is not empty: choose another or pass --overwrite")
+    probe = out if out.exists() else next(p for p in out.parents if p.exists())
+    needed, free = config.patients * BYTES_PER_PERSON, shutil.disk_usage(probe).free
+    if needed > free:
+        raise UsageError(f"not enough disk: {config.patients} persons need about {needed / 1e9:.1f} GB, "
+                         f"{free / 1e9:.1f} GB free under {probe}")
 
 
-def generate(out: str | Path, hospitals: int = 3, patients: int = 3000, days: int = 1, seed: int = 42,
-             overwrite: bool = False) -> GenerateResult:
+def generate(out: str | Path, hospitals: int = 5, patients: int = 3000, days: int = 1, seed: int = 42,
+             overwrite: bool = False, workers: int = 1, **rates) -> GenerateResult:
     out = Path(out)
-    check_arguments(out, hospitals, patients, days, overwrite)
+    config = GeneratorConfig(hospitals=hospitals, patients=patients, days=days, seed=seed, **rates)
+    check_arguments(out, config, overwrite)
     if out.exists():
         shutil.rmtree(out)
-    rng = np.random.default_rng(seed)
-    persons = _persons(rng, patients, hospitals)
-    records = _patient_records(rng, persons, hospitals)
-    encounters, outcomes = _encounters(rng, persons, records)
-    diagnoses = _diagnoses(encounters, persons)
-    labs = _labs(rng, encounters)
-    landing, truth = out / "landing", out / "truth"
+    (out / "landing").mkdir(parents=True)
+    if workers > 1 and config.blocks > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_block, [config] * config.blocks, range(config.blocks), [out] * config.blocks))
+    else:
+        results = [_block(config, block, out) for block in range(config.blocks)]
+    rows: dict[str, int] = {}
     files = 0
-    rows = {"patient": len(records), "encounter": len(encounters), "diagnosis": len(diagnoses),
-            "lab_result": len(labs)}
-    for h in range(hospitals):
-        hid, dialect = hospital_id(h), dialect_for(h)
-        tables = _render(hid, dialect, records, encounters, diagnoses, labs)
-        for entity, (frame, day_of_row) in tables.items():
-            file_day = [_file_day(day, days) for day in day_of_row]
-            for day, part in frame.groupby(file_day, sort=True):
-                folder = landing / hid / str(day)
-                folder.mkdir(parents=True, exist_ok=True)
-                _write_csv(part, folder / f"{entity}.{_extension(dialect)}", dialect)
+    for block_rows, block_files in results:
+        files += block_files
+        for entity, count in block_rows.items():
+            rows[entity] = rows.get(entity, 0) + count
+    files += _file_defects(config, out)
+    summary = _summarize(config, out, rows, files)
+    return GenerateResult(out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files,
+                          rows, summary["defects"])
+
+
+# --- one block -----------------------------------------------------------------------------------
+
+def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, int], int]:
+    rng = np.random.default_rng([config.seed, block])
+    n = min(config.block_size, config.patients - block * config.block_size)
+    case_mix = np.linspace(0.8, 1.4, config.hospitals)  # a different case mix per hospital
+    start = config.end - pd.Timedelta(days=config.history_days)
+    persons = draw_persons(rng, block * config.block_size * 2, n, config.hospitals, config.end, case_mix,
+                           config.share_multi_hospital, config.hard_negative_share)
+    records = registrations(rng, persons, config.identity_noise_rate)
+    records["hospital_id"] = [hospital_id(h) for h in records["hospital"]]
+    records["mrn"] = (records["hospital_id"].str[1:] + f"{block:04d}"
+                      + records.groupby("hospital").cumcount().map(lambda i: f"{i:06d}"))
+    clinical = draw_clinical(rng, records, start, config.end)
+    _assign_encounter_ids(clinical.encounters, records, block)
+    truth = _truth_tables(persons, records, clinical)
+    rows: dict[str, int] = {}
+    files = 0
+    defect_truth = []
+    for h in range(config.hospitals):
+        hid, dialect = hospital_id(h), config.dialect(h)
+        tables = _hospital_tables(rng, clinical, records, hid, dialect, config, block)
+        truth.setdefault("lab_values", []).append(tables.pop("_lab_values"))
+        truth.setdefault("resends", []).append(tables.pop("_resends"))
+        for entity, (frame, days, extra) in tables.items():
+            rows[entity] = rows.get(entity, 0) + len(frame)
+            for day in sorted(set(days)):
+                part = frame[days == day].reset_index(drop=True)
+                part_extra = extra[days == day].reset_index(drop=True) if extra is not None else None
+                written = _write(rng, out, hid, dialect, entity, part, part_extra, day, block, config)
                 files += 1
-    truth.mkdir(parents=True)
-    persons.drop(columns=["hospitals"]).to_csv(truth / "persons.csv", index=False)
-    records.to_csv(truth / "patient_records.csv", index=False)
-    outcomes.to_csv(truth / "outcomes.csv", index=False)
-    return GenerateResult(out, landing, truth, [hospital_id(h) for h in range(hospitals)], files, rows)
+                defect_truth.extend(written)
+    truth["defects"] = [pd.DataFrame(defect_truth, columns=["file", "line", "kind", "hospital_id", "entity",
+                                                            "record_id"])]
+    for table, frames in truth.items():
+        folder = out / "truth" / table
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = pd.concat(frames, ignore_index=True) if isinstance(frames, list) else frames
+        frame.to_csv(folder / f"b{block:04d}.csv", index=False)
+    return rows, files
 
 
-# --- people ------------------------------------------------------------------------------------
-
-def _persons(rng: np.random.Generator, n: int, hospitals: int) -> pd.DataFrame:
-    age = rng.integers(18, 96, n)
-    birth = pd.to_datetime(END_DATE) - pd.to_timedelta(age * 365 + rng.integers(0, 365, n), unit="D")
-    sex = np.where(rng.random(n) < 0.5, "M", "F")
-    older = (age - 40).clip(0) / 50
-    diabetes = rng.random(n) < 0.08 + 0.15 * older
-    heart_failure = rng.random(n) < 0.02 + 0.10 * older
-    ckd = rng.random(n) < 0.03 + 0.08 * older + 0.05 * diabetes
-    home = rng.integers(0, hospitals, n)
-    second = np.where((rng.random(n) < SHARE_MULTI_HOSPITAL) & (hospitals > 1),
-                      (home + rng.integers(1, max(hospitals, 2), n)) % hospitals, -1)
-    names = (np.array(SURNAMES)[rng.integers(0, len(SURNAMES), n)]
-             + np.array(GIVEN)[rng.integers(0, len(GIVEN), n)]
-             + np.where(rng.random(n) < 0.7, np.array(GIVEN)[rng.integers(0, len(GIVEN), n)], ""))
-    return pd.DataFrame({
-        "person_id": np.arange(n),
-        "name": names,
-        "sex": sex,
-        "birth_date": birth.date,
-        "national_id": _national_ids(rng, birth, sex),
-        "phone": [f"1{p}" for p in rng.integers(3_000_000_000, 9_999_999_999, n)],
-        "address": (np.array(CITIES)[rng.integers(0, len(CITIES), n)]
-                    + np.array(ROADS)[rng.integers(0, len(ROADS), n)]
-                    + rng.integers(1, 300, n).astype(str) + "号"),
-        "age": age, "diabetes": diabetes, "heart_failure": heart_failure, "ckd": ckd,
-        "hospitals": [[a] if b < 0 else [a, b] for a, b in zip(home, second, strict=True)],
-    })
+def _assign_encounter_ids(enc: pd.DataFrame, records: pd.DataFrame, block: int) -> None:
+    hospital = records.loc[enc["record"], "hospital_id"].to_numpy()
+    order = enc.assign(_h=hospital).sort_values(["_h", "admit_time", "record"], kind="stable")
+    seq = order.groupby("_h").cumcount().reindex(enc.index)
+    enc["encounter_id"] = pd.Series(hospital, index=enc.index).str[1:] + f"{block:04d}E" + seq.map(
+        lambda i: f"{i + 1:07d}")
 
 
-def _national_ids(rng: np.random.Generator, birth: pd.DatetimeIndex, sex: np.ndarray) -> np.ndarray:
-    """18-digit resident ID numbers: region, birth date, sequence (odd = male), ISO 7064 check digit."""
-    region = rng.choice(["120101", "120103", "120104", "120102", "120106", "120111"], len(sex))
-    seq = rng.integers(0, 500, len(sex)) * 2 + np.where(sex == "M", 1, 0)
-    body = region + birth.strftime("%Y%m%d").to_numpy() + np.char.zfill(seq.astype(str), 3)
-    digits = np.array([list(b) for b in body], dtype=int)
-    return body + ID_CHECK[(digits * ID_WEIGHTS).sum(axis=1) % 11]
-
-
-def valid_national_id(value: str) -> bool:
-    if len(value) != 18 or not value[:17].isdigit():
-        return False
-    return ID_CHECK[sum(int(d) * w for d, w in zip(value[:17], ID_WEIGHTS, strict=True)) % 11] == value[17].upper()
-
-
-def _patient_records(rng: np.random.Generator, persons: pd.DataFrame, hospitals: int) -> pd.DataFrame:
-    exploded = persons[["person_id", "hospitals"]].explode("hospitals").rename(columns={"hospitals": "h"})
-    exploded["h"] = exploded["h"].astype(int)
-    exploded = exploded.sort_values(["h", "person_id"], kind="stable").reset_index(drop=True)
-    exploded["hospital_id"] = [hospital_id(h) for h in exploded["h"]]
-    exploded["mrn"] = exploded.groupby("h").cumcount().map(lambda i: f"{i + 100000:08d}")
-    exploded["mrn"] = exploded["hospital_id"].str[1:] + exploded["mrn"]
-    return exploded.merge(persons.drop(columns=["hospitals"]), on="person_id")
-
-
-# --- encounters and outcomes --------------------------------------------------------------------
-
-def _encounters(rng: np.random.Generator, persons: pd.DataFrame, records: pd.DataFrame):
-    start = pd.Timestamp(END_DATE) - pd.Timedelta(days=HISTORY_DAYS)
-    n = len(records)
-    frail = (0.3 * records["heart_failure"] + 0.2 * records["ckd"] + 0.1 * records["diabetes"]
-             + (records["age"] - 50).clip(0) / 100).to_numpy()
-    n_out = rng.poisson(2.0 + 2 * frail)
-    n_in = rng.poisson(0.6 + 1.2 * frail)
-    rows = []
-    for kind, counts in (("outpatient", n_out), ("inpatient", n_in)):
-        idx = np.repeat(np.arange(n), counts)
-        admit = start + pd.to_timedelta(rng.integers(0, HISTORY_DAYS * 86400, len(idx)), unit="s")
-        rows.append(pd.DataFrame({"record": idx, "encounter_type": kind, "admit_time": admit}))
-    enc = pd.concat(rows, ignore_index=True)
-    enc = _with_stays(rng, enc)
-    enc = enc.join(records[_RECORD_FIELDS], on="record")
-    enc = _with_admission_labs(rng, enc)
-
-    # readmission: drawn from RISK_MODEL at each inpatient discharge, readmissions' own discharges included
-    stays = [enc.assign(readmission=False)]
-    pending = stays[0]
-    for _ in range(READMISSION_ROUNDS):
-        pending = pending.assign(true_probability=_readmission_probability(pending))
-        stays[-1] = pending
-        readmit = (pending["encounter_type"] == "inpatient") & (rng.random(len(pending)) < pending["true_probability"])
-        delay = pd.to_timedelta(rng.integers(1 * 86400, 30 * 86400, len(pending)), unit="s")
-        follow = pd.DataFrame({"record": pending.loc[readmit, "record"].to_numpy(), "encounter_type": "inpatient",
-                               "admit_time": (pending["discharge_time"] + delay)[readmit].to_numpy()})
-        follow = _with_stays(rng, follow).join(records[_RECORD_FIELDS], on="record")
-        pending = _with_admission_labs(rng, follow).assign(readmission=True)
-        stays.append(pending)
-    enc = pd.concat(stays, ignore_index=True)
-    enc = enc[enc["discharge_time"] < pd.Timestamp(END_DATE)].copy()  # the dump holds finished stays
-    enc["admission_type"] = np.where(enc["readmission"], "emergency", "elective")
-    enc = enc.sort_values(["hospital_id", "admit_time", "record"], kind="stable").reset_index(drop=True)
-    enc["encounter_id"] = enc["hospital_id"].str[1:] + "V" + enc.groupby("hospital_id").cumcount().map(
-        lambda i: f"{i + 1:09d}")
-    enc["department"] = [DEPARTMENTS[t][i % len(DEPARTMENTS[t])]
-                         for t, i in zip(enc["encounter_type"], rng.integers(0, 60, len(enc)), strict=True)]
-    inpatient = enc[(enc["encounter_type"] == "inpatient") & enc["true_probability"].notna()]
-    outcomes = inpatient[["person_id", "hospital_id", "encounter_id", "discharge_time"]].assign(
-        true_probability=inpatient["true_probability"].round(6))
-    return enc, outcomes
-
-
-def _readmission_probability(enc: pd.DataFrame) -> pd.Series:
-    logit = (RISK_MODEL["intercept"]
-             + RISK_MODEL["per_decade_over_60"] * ((enc["age"] - 60) / 10).clip(lower=0)
-             + RISK_MODEL["heart_failure"] * enc["heart_failure"] + RISK_MODEL["ckd"] * enc["ckd"]
-             + RISK_MODEL["diabetes"] * enc["diabetes"]
-             + RISK_MODEL["creatinine_over_133_umol_l"] * (enc["creatinine"] > 133)
-             + RISK_MODEL["hba1c_over_8_pct"] * (enc["hba1c"].fillna(0) > 8)
-             + RISK_MODEL["per_day_of_stay_over_5"] * (enc["los_days"] - 5).clip(lower=0))
-    probability = 1 / (1 + np.exp(-logit.astype(float)))
-    return probability.where(enc["encounter_type"] == "inpatient")
-
-
-def _with_stays(rng: np.random.Generator, enc: pd.DataFrame) -> pd.DataFrame:
-    n = len(enc)
-    inpatient = (enc["encounter_type"] == "inpatient").to_numpy()
-    los = np.where(inpatient, 1 + rng.gamma(2.0, 2.0, n), 0.0)
-    enc = enc.assign(los_days=los.round(2))
-    enc["discharge_time"] = enc["admit_time"] + pd.to_timedelta(
-        np.where(inpatient, los * 86400, rng.integers(600, 7200, n)), unit="s")
-    enc["discharge_time"] = enc["discharge_time"].dt.floor("min")
-    enc["admit_time"] = enc["admit_time"].dt.floor("min")
-    enc["discharge_disposition"] = np.where(inpatient, np.where(rng.random(n) < 0.95, "home", "transfer"), "")
-    return enc
-
-
-def _with_admission_labs(rng: np.random.Generator, enc: pd.DataFrame) -> pd.DataFrame:
-    n = len(enc)
-    creatinine = np.exp(rng.normal(np.log(75), 0.25, n)) * np.where(enc["ckd"], 2.0, 1.0)
-    hba1c = 5.4 + 2.2 * enc["diabetes"].to_numpy() + rng.normal(0, 0.7, n)
-    glucose = 5.3 + 3.0 * enc["diabetes"].to_numpy() + rng.normal(0, 1.0, n).clip(-2.5)
-    has_hba1c = rng.random(n) < np.where(enc["diabetes"], 0.8, 0.3)
-    return enc.assign(creatinine=creatinine.round(1), hba1c=np.where(has_hba1c, hba1c.round(1), np.nan),
-                      glucose=glucose.round(2))
-
-
-def _diagnoses(enc: pd.DataFrame, persons: pd.DataFrame) -> pd.DataFrame:
-    parts = []
-    inpatient = enc[enc["encounter_type"] == "inpatient"]
-    reason = inpatient.index.to_numpy() % len(REASONS)
-    parts.append(pd.DataFrame({"encounter": inpatient.index, "code": [REASONS[i][0] for i in reason],
-                               "name": [REASONS[i][1] for i in reason], "rank": 0}))
-    for rank, (flag, (code, name)) in enumerate(COMORBIDITIES.items(), start=1):
-        having = enc[enc[flag]]
-        parts.append(pd.DataFrame({"encounter": having.index, "code": code, "name": name, "rank": rank}))
-    dx = pd.concat(parts).sort_values(["encounter", "rank"], kind="stable").reset_index(drop=True)
-    dx = dx.join(enc[["hospital_id", "mrn", "encounter_id", "admit_time"]], on="encounter")
-    dx["diagnosis_id"] = dx["encounter_id"] + "-D" + dx["rank"].astype(str)
-    return dx
-
-
-def _labs(rng: np.random.Generator, enc: pd.DataFrame) -> pd.DataFrame:
+def _truth_tables(persons: pd.DataFrame, records: pd.DataFrame, clinical: Clinical) -> dict:
+    enc = clinical.encounters
+    ids = enc.join(records[["hospital_id", "mrn", "person_id"]], on="record")
     inpatient = enc["encounter_type"] == "inpatient"
-    parts = []
-    for test in ("glucose", "creatinine", "hba1c"):
-        having = enc[enc[test].notna() & (inpatient | (test == "glucose"))]
-        parts.append(pd.DataFrame({"encounter": having.index, "test": test, "value": having[test]}))
-    labs = pd.concat(parts).sort_values(["encounter", "test"], kind="stable").reset_index(drop=True)
-    labs = labs.join(enc[["hospital_id", "mrn", "encounter_id", "admit_time"]], on="encounter")
-    labs["result_time"] = labs["admit_time"] + pd.to_timedelta(rng.integers(1800, 6 * 3600, len(labs)), unit="s")
-    labs["result_time"] = labs["result_time"].dt.floor("min")
-    labs = labs[labs["result_time"] < pd.Timestamp(END_DATE)]
-    labs["result_id"] = labs["encounter_id"] + "-" + labs["test"].str.upper().str[:4]
-    return labs
-
-
-# --- rendering in each hospital's dialect -------------------------------------------------------
-
-def _render(hid: str, d: Dialect, records, encounters, diagnoses, labs) -> dict:
-    ts, day = d.timestamp_format, d.date_format
-    rec = records[records["hospital_id"] == hid]
-    enc = encounters[encounters["hospital_id"] == hid]
-    first_visit = enc.groupby("mrn")["admit_time"].min()
-    registered = rec["mrn"].map(first_visit).fillna(pd.Timestamp(END_DATE) - pd.Timedelta(days=HISTORY_DAYS))
-    patient = pd.DataFrame({
-        "mrn": rec["mrn"], "name": rec["name"], "national_id": rec["national_id"],
-        "sex": np.where(rec["sex"] == "M", d.sex_values[0], d.sex_values[1]),
-        "birth_date": pd.to_datetime(rec["birth_date"]).dt.strftime(day), "phone": rec["phone"],
-        "address": rec["address"], "updated_at": registered.dt.strftime(ts),
-    })
-    encounter = pd.DataFrame({
-        "encounter_id": enc["encounter_id"], "mrn": enc["mrn"],
-        "encounter_type": enc["encounter_type"].map(d.encounter_types), "department": enc["department"],
-        "admit_time": enc["admit_time"].dt.strftime(ts),
-        "discharge_time": np.where(enc["encounter_type"] == "inpatient", enc["discharge_time"].dt.strftime(ts), ""),
-        "discharge_disposition": enc["discharge_disposition"], "updated_at": enc["discharge_time"].dt.strftime(ts),
-    })
-    dx = diagnoses[diagnoses["hospital_id"] == hid]
-    diagnosis = pd.DataFrame({
-        "diagnosis_id": dx["diagnosis_id"], "encounter_id": dx["encounter_id"], "mrn": dx["mrn"],
-        "icd_code": dx["code"].map(lambda c: _icd(c, d.icd_style)), "diagnosis_name": dx["name"],
-        "diagnosis_time": dx["admit_time"].dt.strftime(ts), "updated_at": dx["admit_time"].dt.strftime(ts),
-    })
-    lb = labs[labs["hospital_id"] == hid]
-    codes = lb["test"].map(d.labs)
-    lab = pd.DataFrame({
-        "result_id": lb["result_id"], "encounter_id": lb["encounter_id"], "mrn": lb["mrn"],
-        "test_code": codes.map(lambda c: c.local_code), "test_name": codes.map(lambda c: c.local_name),
-        "value": [_local_value(t, v, c.unit) for t, v, c in zip(lb["test"], lb["value"], codes, strict=True)],
-        "unit": codes.map(lambda c: c.unit), "result_time": lb["result_time"].dt.strftime(ts),
-        "updated_at": lb["result_time"].dt.strftime(ts),
-    })
+    outcomes = ids.loc[inpatient, ["person_id", "hospital_id", "admit_time", "discharge_time", "died",
+                                   "mortality_probability", "readmission_probability", "readmitted"]].copy()
+    outcomes.insert(2, "encounter_id", enc.loc[inpatient, "encounter_id"])
     return {
-        "patient": (_vendor_columns(patient, d, "patient"), registered.dt.date.to_numpy()),
-        "encounter": (_vendor_columns(encounter, d, "encounter"), enc["discharge_time"].dt.date.to_numpy()),
-        "diagnosis": (_vendor_columns(diagnosis, d, "diagnosis"), dx["admit_time"].dt.date.to_numpy()),
-        "lab_result": (_vendor_columns(lab, d, "lab_result"), lb["result_time"].dt.date.to_numpy()),
+        "persons": persons.drop(columns=["home", "second"]),
+        "patient_records": records[["hospital_id", "mrn", "person_id", "primary", "noise", "name", "national_id",
+                                    "birth_date", "phone"]],
+        "outcomes": outcomes,
+        "note_identifiers": clinical.note_identifiers.assign(
+            note_id=enc.loc[clinical.note_identifiers["encounter"], "encounter_id"].to_numpy() + "-N1",
+            hospital_id=ids.loc[clinical.note_identifiers["encounter"], "hospital_id"].to_numpy()
+        ).drop(columns=["encounter"]),
     }
+
+
+# --- one hospital's tables in its dialect ---------------------------------------------------------
+
+def _hospital_tables(rng, clinical: Clinical, records: pd.DataFrame, hid: str, dialect: Dialect,
+                     config: GeneratorConfig, block: int) -> dict:
+    """entity -> (string frame in FIELDS order, file day per row, extra per-row context or None)."""
+    enc_all = clinical.encounters
+    mine = (records.loc[enc_all["record"], "hospital_id"] == hid).to_numpy()
+    enc = enc_all[mine]
+    rec = records[records["hospital_id"] == hid]
+    t = lambda values: format_times(values, dialect)  # noqa: E731
+    hl7_time = lambda values: format_times(values, fmt="%Y%m%d%H%M%S")  # noqa: E731
+    mrn_of = records["mrn"]
+    registered = enc.groupby("record")["admit_time"].min()
+    reg_time = rec.index.map(registered).fillna(config.end - pd.Timedelta(days=config.history_days))
+    reg_time = pd.Series(pd.to_datetime(reg_time), index=rec.index)
+    sex = np.where(rec["sex"] == "M", dialect.sex[0], dialect.sex[1])
+    tables = {"patient": (pd.DataFrame({
+        "mrn": rec["mrn"], "name": rec["name"].map(pinyin) if dialect.pinyin_names else rec["name"],
+        "national_id": rec["national_id"], "sex": sex, "birth_date": format_times(rec["birth_date"], dialect, True),
+        "phone": rec["phone"], "address": rec["address"], "updated_at": t(reg_time)}), reg_time, None)}
+    inpatient = enc["encounter_type"] == "inpatient"
+    tables["encounter"] = (pd.DataFrame({
+        "encounter_id": enc["encounter_id"], "mrn": mrn_of.loc[enc["record"]].to_numpy(),
+        "encounter_type": enc["encounter_type"].map(dialect.encounter_types), "admission_type": enc["admission_type"],
+        "department": enc["department"], "ward": enc["ward"], "bed": enc["bed"], "admit_time": t(enc["admit_time"]),
+        "discharge_time": t(enc["discharge_time"].where(inpatient)),
+        "discharge_disposition": enc["discharge_disposition"], "status": dialect.status[0],
+        "updated_at": t(enc["discharge_time"])}), enc["discharge_time"], None)
+    tables.update(_event_tables(clinical, enc, records, dialect, t, hl7_time))
+    lab_values = tables.pop("_lab_values").assign(hospital_id=hid)
+    resends = []
+    for entity in RESENT_ENTITIES:
+        frame, times, extra = tables[entity]
+        formatter = hl7_time if dialect.formats[entity] == "hl7v2" else t
+        tables[entity], found = _with_resends(rng, entity, frame, pd.to_datetime(times), extra, dialect, config,
+                                              formatter)
+        resends.extend(found)
+    resend_frame = pd.DataFrame(resends, columns=["entity", "record_id", "kind", "day", "field", "new_value"])
+    corrected = resend_frame[(resend_frame["entity"] == "lab_result") & (resend_frame["kind"] == "corrected")]
+    if not corrected.empty:  # the truth is the corrected value
+        factor = lab_values.set_index("result_id")["factor"]
+        lab_values = lab_values.set_index("result_id")
+        lab_values.loc[corrected["record_id"], "value"] = (
+            corrected.set_index("record_id")["new_value"].astype(float) / factor.loc[corrected["record_id"]]).round(4)
+        lab_values = lab_values.reset_index()
+    out = {}
+    for entity, (frame, times, extra) in tables.items():
+        out[entity] = (frame.reset_index(drop=True), file_days(times, config), extra)
+    out["_lab_values"] = lab_values.drop(columns=["factor"]).assign(block=block)
+    out["_resends"] = resend_frame.assign(hospital_id=hid)
+    return out
+
+
+def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, dialect: Dialect, t,
+                  hl7_time) -> dict:
+    tables = {}
+    ids = enc["encounter_id"]
+    enc_mrn = records["mrn"].loc[enc["record"]].to_numpy()
+    mrn = pd.Series(enc_mrn, index=enc.index)
+
+    def of(events: pd.DataFrame) -> pd.DataFrame:
+        return events[events["encounter"].isin(enc.index)]
+
+    dx = of(clinical.diagnoses)
+    tables["diagnosis"] = (pd.DataFrame({
+        "diagnosis_id": ids.loc[dx["encounter"]].to_numpy() + "-D" + dx["rank"].astype(str).to_numpy(),
+        "encounter_id": ids.loc[dx["encounter"]].to_numpy(), "mrn": mrn.loc[dx["encounter"]].to_numpy(),
+        "icd_code": dx["code"].map(lambda c: _icd(c, dialect.icd_style)).to_numpy(), "diagnosis_name": dx["name"],
+        "diagnosis_time": t(dx["time"]).to_numpy(), "status": dialect.status[0],
+        "updated_at": t(dx["time"]).to_numpy()}), dx["time"], None)
+    pr = of(clinical.procedures)
+    tables["procedure"] = (pd.DataFrame({
+        "procedure_id": ids.loc[pr["encounter"]].to_numpy() + "-P1", "encounter_id": ids.loc[pr["encounter"]].to_numpy(),
+        "mrn": mrn.loc[pr["encounter"]].to_numpy(), "procedure_code": pr["code"].to_numpy(),
+        "procedure_name": pr["name"].to_numpy(), "procedure_time": t(pr["time"]).to_numpy(),
+        "updated_at": t(pr["time"]).to_numpy()}), pr["time"], None)
+    labs = of(clinical.labs)
+    local = labs["test"].map(dialect.labs)
+    factor = local.map(lambda c: c.factor_from_canonical).to_numpy(dtype=float)
+    low = labs["test"].map(lambda x: REFERENCE[x][0]).to_numpy() * factor
+    high = labs["test"].map(lambda x: REFERENCE[x][1]).to_numpy() * factor
+    local_value = labs["value"].to_numpy() * factor
+    digits = np.where(factor < 0.5, 2, np.where(factor > 2, 0, 1))
+    value_text = [f"{v:.{d}f}" for v, d in zip(local_value, digits, strict=True)]
+    time_fmt = hl7_time if dialect.formats["lab_result"] == "hl7v2" else t
+    result_ids = ids.loc[labs["encounter"]].to_numpy() + "-L" + labs.groupby("encounter").cumcount().add(1).astype(
+        str).to_numpy()
+    tables["lab_result"] = (pd.DataFrame({
+        "result_id": result_ids, "encounter_id": ids.loc[labs["encounter"]].to_numpy(),
+        "mrn": mrn.loc[labs["encounter"]].to_numpy(), "test_code": local.map(lambda c: c.code).to_numpy(),
+        "test_name": local.map(lambda c: c.name).to_numpy(), "value": value_text,
+        "unit": local.map(lambda c: c.unit).to_numpy(),
+        "reference_range": [f"{a:.{d}f}-{b:.{d}f}" for a, b, d in zip(low, high, digits, strict=True)],
+        "abnormal_flag": np.where(local_value > high, "H", np.where(local_value < low, "L", "")),
+        "result_time": time_fmt(labs["time"]).to_numpy(), "status": dialect.status[0],
+        "updated_at": time_fmt(labs["time"]).to_numpy()}), labs["time"],
+        _hl7_context(enc, labs, records) if dialect.formats["lab_result"] == "hl7v2" else None)
+    tables["_lab_values"] = pd.DataFrame({
+        "result_id": result_ids, "test": labs["test"].to_numpy(),
+        "loinc_code": labs["test"].map(lambda x: LABS[x][0]).to_numpy(),
+        "unit": labs["test"].map(lambda x: LABS[x][1]).to_numpy(),
+        "value": labs["value"].to_numpy(), "local_code": local.map(lambda c: c.code).to_numpy(), "factor": factor})
+    vitals = of(clinical.vitals)
+    vlocal = vitals["measure"].map(dialect.vitals)
+    tables["vital_sign"] = (pd.DataFrame({
+        "vital_id": ids.loc[vitals["encounter"]].to_numpy() + "-V" + vitals.groupby("encounter").cumcount().add(
+            1).astype(str).to_numpy(),
+        "encounter_id": ids.loc[vitals["encounter"]].to_numpy(), "mrn": mrn.loc[vitals["encounter"]].to_numpy(),
+        "measure_code": vlocal.map(lambda c: c.code).to_numpy(), "measure_name": vlocal.map(lambda c: c.name).to_numpy(),
+        "value": [f"{v:g}" for v in vitals["value"]], "unit": vlocal.map(lambda c: c.unit).to_numpy(),
+        "measured_at": t(vitals["time"]).to_numpy(), "updated_at": t(vitals["time"]).to_numpy()}), vitals["time"],
+        vitals["measure"].reset_index(drop=True))
+    meds = of(clinical.medications)
+    drug = meds["drug"].map(DRUGS)
+    mlocal = meds["drug"].map(dialect.drugs)
+    tables["medication"] = (pd.DataFrame({
+        "order_id": ids.loc[meds["encounter"]].to_numpy() + "-M" + meds.groupby("encounter").cumcount().add(1).astype(
+            str).to_numpy(),
+        "encounter_id": ids.loc[meds["encounter"]].to_numpy(), "mrn": mrn.loc[meds["encounter"]].to_numpy(),
+        "drug_code": mlocal.map(lambda c: c.code).to_numpy(), "drug_name": mlocal.map(lambda c: c.name).to_numpy(),
+        "dose": drug.map(lambda d: str(d[2])).to_numpy(), "dose_unit": drug.map(lambda d: d[3]).to_numpy(),
+        "route": drug.map(lambda d: d[4]).to_numpy(), "frequency": drug.map(lambda d: d[5]).to_numpy(),
+        "start_time": t(meds["start"]).to_numpy(), "end_time": t(meds["end"]).to_numpy(), "status": dialect.status[0],
+        "updated_at": t(meds["start"]).to_numpy()}), meds["start"], None)
+    im = of(clinical.imaging)
+    tables["imaging_report"] = (pd.DataFrame({
+        "report_id": ids.loc[im["encounter"]].to_numpy() + "-R1", "encounter_id": ids.loc[im["encounter"]].to_numpy(),
+        "mrn": mrn.loc[im["encounter"]].to_numpy(), "modality": im["modality"].to_numpy(),
+        "body_part": im["body_part"].to_numpy(), "report_text": im["text"].to_numpy(),
+        "report_time": t(im["time"]).to_numpy(), "updated_at": t(im["time"]).to_numpy()}), im["time"], None)
+    notes = of(clinical.notes)
+    tables["note"] = (pd.DataFrame({
+        "note_id": ids.loc[notes["encounter"]].to_numpy() + "-N1", "encounter_id": ids.loc[notes["encounter"]].to_numpy(),
+        "mrn": mrn.loc[notes["encounter"]].to_numpy(), "note_type": "出院小结", "note_text": notes["text"].to_numpy(),
+        "note_time": t(notes["time"]).to_numpy(), "updated_at": t(notes["time"]).to_numpy()}), notes["time"], None)
+    return tables
+
+
+def _hl7_context(enc: pd.DataFrame, labs: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """Per lab row: what the PID and PV1 segments carry."""
+    stay = enc.loc[labs["encounter"]]
+    person = records.loc[stay["record"]]
+    return pd.DataFrame({
+        "national_id": person["national_id"].to_numpy(), "name": person["name"].to_numpy(),
+        "birth_date": pd.to_datetime(person["birth_date"]).dt.strftime("%Y%m%d").to_numpy(),
+        "sex": person["sex"].to_numpy(), "address": person["address"].to_numpy(), "phone": person["phone"].to_numpy(),
+        "patient_class": stay["encounter_type"].map({"inpatient": "I", "outpatient": "O", "emergency": "E"}).to_numpy(),
+        "ward": stay["ward"].to_numpy(), "bed": stay["bed"].to_numpy()})
+
+
+def _with_resends(rng, entity: str, frame: pd.DataFrame, times: pd.Series, extra, dialect: Dialect,
+                  config: GeneratorConfig, t):
+    """Append, on each later day, resends of earlier records: corrected values or cancellations."""
+    if config.days < 2 or frame.empty:
+        return (frame, times, extra), []
+    frame = frame.reset_index(drop=True)
+    times = times.reset_index(drop=True)
+    extra = extra.reset_index(drop=True) if extra is not None else None
+    day_of = file_days(times, config)
+    parts, time_parts, extra_parts, found = [frame], [times], [extra], []
+    for k in range(1, config.days):
+        day = config.first_day + dt.timedelta(days=k)
+        earlier = np.flatnonzero(day_of < day)
+        today = int((day_of == day).sum())
+        count = min(len(earlier), math.ceil(config.resend_rate * max(today, 1)) if today or k == 1 else 0)
+        if count == 0:
+            continue
+        chosen = rng.choice(earlier, count, replace=False)
+        resent = frame.iloc[chosen].copy()
+        when = pd.Timestamp(day) + pd.Timedelta(hours=9)
+        cancel = (rng.random(count) < 0.3) | (entity == "diagnosis")
+        resent.loc[:, "status"] = np.where(cancel, dialect.status[1], resent["status"])
+        changed_field = {"lab_result": "value", "encounter": "department", "medication": "dose"}.get(entity, "status")
+        if entity == "lab_result":
+            new = [f"{float(v) * 1.1:.2f}" for v in resent["value"]]
+        elif entity == "encounter":
+            new = [d + "(更正)" for d in resent["department"]]
+        elif entity == "medication":
+            new = [str(float(d) * 2) for d in resent["dose"]]
+        else:
+            new = list(resent["status"])
+        resent.loc[~cancel, changed_field] = np.array(new, dtype=object)[~cancel]
+        resent.loc[:, "updated_at"] = t(pd.Series([when] * count, index=resent.index))
+        for (_, row), is_cancel in zip(resent.iterrows(), cancel, strict=True):
+            found.append((entity, row[ID_FIELDS[entity]], "cancelled" if is_cancel else "corrected", str(day),
+                          "status" if is_cancel else changed_field, row["status" if is_cancel else changed_field]))
+        parts.append(resent)
+        time_parts.append(pd.Series([when] * count))
+        extra_parts.append(extra.iloc[chosen] if extra is not None else None)
+    frame = pd.concat(parts, ignore_index=True)
+    times = pd.concat(time_parts, ignore_index=True)
+    extra = pd.concat(extra_parts, ignore_index=True) if extra is not None else None
+    return (frame, times, extra), found
+
+
+def file_days(times, config: GeneratorConfig) -> np.ndarray:
+    """The landing day of each row: its own day, or day 1 for anything up to day 1 (the full history)."""
+    days = pd.to_datetime(pd.Series(times)).to_numpy().astype("datetime64[D]")
+    return np.maximum(days, np.datetime64(config.first_day, "D")).astype(object)
 
 
 def _icd(code: str, style: str) -> str:
@@ -326,31 +405,110 @@ def _icd(code: str, style: str) -> str:
         return code.replace(".", "")
     if style == "extension":
         head, _, tail = code.partition(".")
-        return f"{head}.{tail.ljust(3, '0')}"
+        return f"{head}.{tail.ljust(3, '0')}" if tail else f"{head}.x00"
     return code
 
 
-def _local_value(test: str, value: float, unit: str) -> str:
-    if test == "glucose" and unit == "mg/dL":
-        return f"{value * GLUCOSE_MG_DL_PER_MMOL_L:.0f}"
-    if test == "creatinine" and unit == "mg/dL":
-        return f"{value / CREATININE_UMOL_L_PER_MG_DL:.2f}"
-    return f"{value:g}"
+# --- writing one file ----------------------------------------------------------------------------
+
+def _write(rng, out: Path, hid: str, dialect: Dialect, entity: str, frame: pd.DataFrame, extra, day, block: int,
+           config: GeneratorConfig) -> list[tuple]:
+    fmt = dialect.formats[entity]
+    measures = extra if entity == "vital_sign" else None
+    frame, value_defects = D.plant_values(rng, frame, entity, config.defect_rate, measures)
+    line_defects = D.choose_lines(rng, len(frame), config.defect_rate, D.LINE_DEFECTS[fmt],
+                                  {row for _, row in value_defects})
+    folder = out / "landing" / hid / str(day)
+    if fmt == "fhir_ndjson":
+        name = f"{entity}-b{block:04d}.ndjson"
+        resources = [(i, fhir_resource(entity, row, hid)) for i, row in enumerate(frame.to_dict("records"))]
+        lines = write_ndjson(folder / name, resources, line_defects)
+    elif fmt == "hl7v2":
+        name = f"{entity}-b{block:04d}.hl7"
+        lines = write_hl7(folder / name, frame.assign(_position=np.arange(len(frame))),
+                          extra.set_axis(frame.index), hid, line_defects)
+    else:
+        name = f"{entity}-b{block:04d}.{dialect.extension(entity)}"
+        drift = (hid == hospital_id(0) and entity == "encounter" and block == 0
+                 and day == config.end_date - dt.timedelta(days=1))
+        lines = write_csv(folder / name, frame, entity, dialect, line_defects, drift)
+        if drift:
+            lines.append((1, "schema_drift", -1))
+    relative = f"{hid}/{day}/{name}"
+    by_row = {}
+    for line, kind, position in lines:
+        by_row.setdefault(position, []).append(line)
+    truth = [(relative, line, kind, hid, entity, frame.iloc[pos][ID_FIELDS[entity]] if pos >= 0 else "")
+             for line, kind, pos in lines]
+    duplicates = sorted(pos for _, kind, pos in lines if kind == "exact_duplicate")
+    for kind, position in value_defects:
+        line = _line_of(position, duplicates, fmt)
+        truth.append((relative, line, kind, hid, entity, frame.iloc[position][ID_FIELDS[entity]]))
+    return truth
 
 
-def _vendor_columns(frame: pd.DataFrame, d: Dialect, entity: str) -> pd.DataFrame:
-    return frame.rename(columns=d.columns[entity])[list(d.columns[entity].values())]
+def _line_of(position: int, duplicate_positions: list[int], fmt: str) -> int:
+    """Line of a row in a CSV or NDJSON file: header and earlier duplicate lines counted (HL7: -1, unknown)."""
+    if fmt == "hl7v2":
+        return -1
+    return position + bisect.bisect_left(duplicate_positions, position) + (2 if fmt == "csv" else 1)
 
 
-def _file_day(event_day: dt.date, days: int) -> dt.date:
-    """Events up to the first day's cut-off go to day 1's full history; later ones to their own day."""
-    first = END_DATE - dt.timedelta(days=days)  # day 1's folder; END_DATE itself is exclusive
-    return max(event_day, first)
+# --- file-level defects and the summary ----------------------------------------------------------
+
+def _file_defects(config: GeneratorConfig, out: Path) -> int:
+    """An empty export, and a gzip file cut short, once per region (on the last day)."""
+    last = str(config.end_date - dt.timedelta(days=1))
+    rows = []
+    hid, dialect = hospital_id(0), config.dialect(0)
+    empty = out / "landing" / hid / last / f"lab_result-empty.{dialect.extension('lab_result')}"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_bytes(b"")
+    rows.append((f"{hid}/{last}/{empty.name}", 0, "empty_file", hid, "lab_result", ""))
+    gz = [h for h in range(config.hospitals) if config.dialect(h).gzip]
+    if gz:
+        h = gz[0]
+        hid, dialect = hospital_id(h), config.dialect(h)
+        sources = sorted((out / "landing" / hid).rglob("patient-*.gz"))
+        if sources:
+            data = sources[0].read_bytes()
+            target = out / "landing" / hid / last / "patient-truncated.csv.gz"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data[: max(20, len(data) // 2)])
+            rows.append((f"{hid}/{last}/{target.name}", 0, "truncated_gzip", hid, "patient", ""))
+    folder = out / "truth" / "defects"
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["file", "line", "kind", "hospital_id", "entity", "record_id"]).to_csv(
+        folder / "files.csv", index=False)
+    return len(rows)
 
 
-def _extension(d: Dialect) -> str:
-    return "tsv" if d.delimiter == "\t" else "csv"
+def _summarize(config: GeneratorConfig, out: Path, rows: dict[str, int], files: int) -> dict:
+    defects = pd.concat([pd.read_csv(f, dtype=str) for f in sorted((out / "truth" / "defects").glob("*.csv"))])
+    departments = [{"hospital_id": hospital_id(h), "department": d, "beds": beds}
+                   for h in range(config.hospitals) for d, (beds, _, _) in DEPARTMENTS.items()]
+    pd.DataFrame(departments).to_csv(out / "truth" / "departments.csv", index=False)
+    summary = {"config": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(config).items()},
+               "dialects": {hospital_id(h): config.dialect(h).name for h in range(config.hospitals)},
+               "rows": rows, "files": files, "defects": defects["kind"].value_counts().sort_index().to_dict(),
+               "lab_tests": {k: {"loinc": v[0], "unit": v[1]} for k, v in LABS.items()},
+               "vital_signs": {k: {"loinc": v[0], "unit": v[1]} for k, v in VITALS.items()},
+               "fields": FIELDS}
+    (out / "truth" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1, default=int))
+    return summary
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, d: Dialect) -> None:
-    frame.to_csv(path, sep=d.delimiter, encoding=d.encoding, index=False, lineterminator="\n")
+def read_truth(truth: Path, table: str) -> pd.DataFrame:
+    """All blocks of one truth table (tests and measurements use this; the pipeline never does)."""
+    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted((truth / table).glob("*.csv"))],
+                     ignore_index=True)
+
+
+def gunzip_ok(path: Path) -> bool:
+    try:
+        with gzip.open(path) as handle:
+            while handle.read(1 << 20):
+                pass
+        return True
+    except (OSError, EOFError):
+        return False
