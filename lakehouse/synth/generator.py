@@ -101,12 +101,22 @@ def check_arguments(out: Path, config: GeneratorConfig, overwrite: bool) -> None
     probe = out if out.exists() else next(p for p in out.parents if p.exists())
     needed, free = config.patients * BYTES_PER_PERSON, shutil.disk_usage(probe).free
     if needed > free:
-        raise UsageError(f"not enough disk: {config.patients} persons need about {needed / 1e9:.1f} GB, "
-                         f"{free / 1e9:.1f} GB free under {probe}")
+        raise UsageError(
+            f"not enough disk: {config.patients} persons need about {needed / 1e9:.1f} GB, "
+            f"{free / 1e9:.1f} GB free under {probe}"
+        )
 
 
-def generate(out: str | Path, hospitals: int = 5, patients: int = 3000, days: int = 1, seed: int = 42,
-             overwrite: bool = False, workers: int = 1, **rates) -> GenerateResult:
+def generate(
+    out: str | Path,
+    hospitals: int = 5,
+    patients: int = 3000,
+    days: int = 1,
+    seed: int = 42,
+    overwrite: bool = False,
+    workers: int = 1,
+    **rates,
+) -> GenerateResult:
     out = Path(out)
     config = GeneratorConfig(hospitals=hospitals, patients=patients, days=days, seed=seed, **rates)
     check_arguments(out, config, overwrite)
@@ -126,23 +136,36 @@ def generate(out: str | Path, hospitals: int = 5, patients: int = 3000, days: in
             rows[entity] = rows.get(entity, 0) + count
     files += _file_defects(config, out)
     summary = _summarize(config, out, rows, files)
-    return GenerateResult(out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files,
-                          rows, summary["defects"])
+    return GenerateResult(
+        out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files, rows, summary["defects"]
+    )
 
 
 # --- one block -----------------------------------------------------------------------------------
+
 
 def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, int], int]:
     rng = np.random.default_rng([config.seed, block])
     n = min(config.block_size, config.patients - block * config.block_size)
     case_mix = np.linspace(0.8, 1.4, config.hospitals)  # a different case mix per hospital
     start = config.end - pd.Timedelta(days=config.history_days)
-    persons = draw_persons(rng, block * config.block_size * 2, n, config.hospitals, config.end, case_mix,
-                           config.share_multi_hospital, config.hard_negative_share)
+    persons = draw_persons(
+        rng,
+        block * config.block_size * 2,
+        n,
+        config.hospitals,
+        config.end,
+        case_mix,
+        config.share_multi_hospital,
+        config.hard_negative_share,
+    )
     records = registrations(rng, persons, config.identity_noise_rate)
     records["hospital_id"] = [hospital_id(h) for h in records["hospital"]]
-    records["mrn"] = (records["hospital_id"].str[1:] + f"{block:04d}"
-                      + records.groupby("hospital").cumcount().map(lambda i: f"{i:06d}"))
+    records["mrn"] = (
+        records["hospital_id"].str[1:]
+        + f"{block:04d}"
+        + records.groupby("hospital").cumcount().map(lambda i: f"{i:06d}")
+    )
     clinical = draw_clinical(rng, records, start, config.end)
     _assign_encounter_ids(clinical.encounters, records, block)
     truth = _truth_tables(persons, records, clinical)
@@ -162,8 +185,9 @@ def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, in
                 written = _write(rng, out, hid, dialect, entity, part, part_extra, day, block, config)
                 files += 1
                 defect_truth.extend(written)
-    truth["defects"] = [pd.DataFrame(defect_truth, columns=["file", "line", "kind", "hospital_id", "entity",
-                                                            "record_id"])]
+    truth["defects"] = [
+        pd.DataFrame(defect_truth, columns=["file", "line", "kind", "hospital_id", "entity", "record_id"])
+    ]
     for table, frames in truth.items():
         folder = out / "truth" / table
         folder.mkdir(parents=True, exist_ok=True)
@@ -176,33 +200,48 @@ def _assign_encounter_ids(enc: pd.DataFrame, records: pd.DataFrame, block: int) 
     hospital = records.loc[enc["record"], "hospital_id"].to_numpy()
     order = enc.assign(_h=hospital).sort_values(["_h", "admit_time", "record"], kind="stable")
     seq = order.groupby("_h").cumcount().reindex(enc.index)
-    enc["encounter_id"] = pd.Series(hospital, index=enc.index).str[1:] + f"{block:04d}E" + seq.map(
-        lambda i: f"{i + 1:07d}")
+    enc["encounter_id"] = (
+        pd.Series(hospital, index=enc.index).str[1:] + f"{block:04d}E" + seq.map(lambda i: f"{i + 1:07d}")
+    )
 
 
 def _truth_tables(persons: pd.DataFrame, records: pd.DataFrame, clinical: Clinical) -> dict:
     enc = clinical.encounters
     ids = enc.join(records[["hospital_id", "mrn", "person_id"]], on="record")
     inpatient = enc["encounter_type"] == "inpatient"
-    outcomes = ids.loc[inpatient, ["person_id", "hospital_id", "admit_time", "discharge_time", "died",
-                                   "mortality_probability", "readmission_probability", "readmitted"]].copy()
+    outcomes = ids.loc[
+        inpatient,
+        [
+            "person_id",
+            "hospital_id",
+            "admit_time",
+            "discharge_time",
+            "died",
+            "mortality_probability",
+            "readmission_probability",
+            "readmitted",
+        ],
+    ].copy()
     outcomes.insert(2, "encounter_id", enc.loc[inpatient, "encounter_id"])
     return {
         "persons": persons.drop(columns=["home", "second"]),
-        "patient_records": records[["hospital_id", "mrn", "person_id", "primary", "noise", "name", "national_id",
-                                    "birth_date", "phone"]],
+        "patient_records": records[
+            ["hospital_id", "mrn", "person_id", "primary", "noise", "name", "national_id", "birth_date", "phone"]
+        ],
         "outcomes": outcomes,
         "note_identifiers": clinical.note_identifiers.assign(
             note_id=enc.loc[clinical.note_identifiers["encounter"], "encounter_id"].to_numpy() + "-N1",
-            hospital_id=ids.loc[clinical.note_identifiers["encounter"], "hospital_id"].to_numpy()
+            hospital_id=ids.loc[clinical.note_identifiers["encounter"], "hospital_id"].to_numpy(),
         ).drop(columns=["encounter"]),
     }
 
 
 # --- one hospital's tables in its dialect ---------------------------------------------------------
 
-def _hospital_tables(rng, clinical: Clinical, records: pd.DataFrame, hid: str, dialect: Dialect,
-                     config: GeneratorConfig, block: int) -> dict:
+
+def _hospital_tables(
+    rng, clinical: Clinical, records: pd.DataFrame, hid: str, dialect: Dialect, config: GeneratorConfig, block: int
+) -> dict:
     """entity -> (string frame in FIELDS order, file day per row, extra per-row context or None)."""
     enc_all = clinical.encounters
     mine = (records.loc[enc_all["record"], "hospital_id"] == hid).to_numpy()
@@ -215,26 +254,54 @@ def _hospital_tables(rng, clinical: Clinical, records: pd.DataFrame, hid: str, d
     reg_time = rec.index.map(registered).fillna(config.end - pd.Timedelta(days=config.history_days))
     reg_time = pd.Series(pd.to_datetime(reg_time), index=rec.index)
     sex = np.where(rec["sex"] == "M", dialect.sex[0], dialect.sex[1])
-    tables = {"patient": (pd.DataFrame({
-        "mrn": rec["mrn"], "name": rec["name"].map(pinyin) if dialect.pinyin_names else rec["name"],
-        "national_id": rec["national_id"], "sex": sex, "birth_date": format_times(rec["birth_date"], dialect, True),
-        "phone": rec["phone"], "address": rec["address"], "updated_at": t(reg_time)}), reg_time, None)}
+    tables = {
+        "patient": (
+            pd.DataFrame(
+                {
+                    "mrn": rec["mrn"],
+                    "name": rec["name"].map(pinyin) if dialect.pinyin_names else rec["name"],
+                    "national_id": rec["national_id"],
+                    "sex": sex,
+                    "birth_date": format_times(rec["birth_date"], dialect, True),
+                    "phone": rec["phone"],
+                    "address": rec["address"],
+                    "updated_at": t(reg_time),
+                }
+            ),
+            reg_time,
+            None,
+        )
+    }
     inpatient = enc["encounter_type"] == "inpatient"
-    tables["encounter"] = (pd.DataFrame({
-        "encounter_id": enc["encounter_id"], "mrn": mrn_of.loc[enc["record"]].to_numpy(),
-        "encounter_type": enc["encounter_type"].map(dialect.encounter_types), "admission_type": enc["admission_type"],
-        "department": enc["department"], "ward": enc["ward"], "bed": enc["bed"], "admit_time": t(enc["admit_time"]),
-        "discharge_time": t(enc["discharge_time"].where(inpatient)),
-        "discharge_disposition": enc["discharge_disposition"], "status": dialect.status[0],
-        "updated_at": t(enc["discharge_time"])}), enc["discharge_time"], None)
+    tables["encounter"] = (
+        pd.DataFrame(
+            {
+                "encounter_id": enc["encounter_id"],
+                "mrn": mrn_of.loc[enc["record"]].to_numpy(),
+                "encounter_type": enc["encounter_type"].map(dialect.encounter_types),
+                "admission_type": enc["admission_type"],
+                "department": enc["department"],
+                "ward": enc["ward"],
+                "bed": enc["bed"],
+                "admit_time": t(enc["admit_time"]),
+                "discharge_time": t(enc["discharge_time"].where(inpatient)),
+                "discharge_disposition": enc["discharge_disposition"],
+                "status": dialect.status[0],
+                "updated_at": t(enc["discharge_time"]),
+            }
+        ),
+        enc["discharge_time"],
+        None,
+    )
     tables.update(_event_tables(clinical, enc, records, dialect, t, hl7_time))
     lab_values = tables.pop("_lab_values").assign(hospital_id=hid)
     resends = []
     for entity in RESENT_ENTITIES:
         frame, times, extra = tables[entity]
         formatter = hl7_time if dialect.formats[entity] == "hl7v2" else t
-        tables[entity], found = _with_resends(rng, entity, frame, pd.to_datetime(times), extra, dialect, config,
-                                              formatter)
+        tables[entity], found = _with_resends(
+            rng, entity, frame, pd.to_datetime(times), extra, dialect, config, formatter
+        )
         resends.extend(found)
     resend_frame = pd.DataFrame(resends, columns=["entity", "record_id", "kind", "day", "field", "new_value"])
     corrected = resend_frame[(resend_frame["entity"] == "lab_result") & (resend_frame["kind"] == "corrected")]
@@ -242,7 +309,8 @@ def _hospital_tables(rng, clinical: Clinical, records: pd.DataFrame, hid: str, d
         factor = lab_values.set_index("result_id")["factor"]
         lab_values = lab_values.set_index("result_id")
         lab_values.loc[corrected["record_id"], "value"] = (
-            corrected.set_index("record_id")["new_value"].astype(float) / factor.loc[corrected["record_id"]]).round(4)
+            corrected.set_index("record_id")["new_value"].astype(float) / factor.loc[corrected["record_id"]]
+        ).round(4)
         lab_values = lab_values.reset_index()
     out = {}
     for entity, (frame, times, extra) in tables.items():
@@ -252,8 +320,7 @@ def _hospital_tables(rng, clinical: Clinical, records: pd.DataFrame, hid: str, d
     return out
 
 
-def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, dialect: Dialect, t,
-                  hl7_time) -> dict:
+def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, dialect: Dialect, t, hl7_time) -> dict:
     tables = {}
     ids = enc["encounter_id"]
     enc_mrn = records["mrn"].loc[enc["record"]].to_numpy()
@@ -263,18 +330,38 @@ def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, 
         return events[events["encounter"].isin(enc.index)]
 
     dx = of(clinical.diagnoses)
-    tables["diagnosis"] = (pd.DataFrame({
-        "diagnosis_id": ids.loc[dx["encounter"]].to_numpy() + "-D" + dx["rank"].astype(str).to_numpy(),
-        "encounter_id": ids.loc[dx["encounter"]].to_numpy(), "mrn": mrn.loc[dx["encounter"]].to_numpy(),
-        "icd_code": dx["code"].map(lambda c: _icd(c, dialect.icd_style)).to_numpy(), "diagnosis_name": dx["name"],
-        "diagnosis_time": t(dx["time"]).to_numpy(), "status": dialect.status[0],
-        "updated_at": t(dx["time"]).to_numpy()}), dx["time"], None)
+    tables["diagnosis"] = (
+        pd.DataFrame(
+            {
+                "diagnosis_id": ids.loc[dx["encounter"]].to_numpy() + "-D" + dx["rank"].astype(str).to_numpy(),
+                "encounter_id": ids.loc[dx["encounter"]].to_numpy(),
+                "mrn": mrn.loc[dx["encounter"]].to_numpy(),
+                "icd_code": dx["code"].map(lambda c: _icd(c, dialect.icd_style)).to_numpy(),
+                "diagnosis_name": dx["name"],
+                "diagnosis_time": t(dx["time"]).to_numpy(),
+                "status": dialect.status[0],
+                "updated_at": t(dx["time"]).to_numpy(),
+            }
+        ),
+        dx["time"],
+        None,
+    )
     pr = of(clinical.procedures)
-    tables["procedure"] = (pd.DataFrame({
-        "procedure_id": ids.loc[pr["encounter"]].to_numpy() + "-P1", "encounter_id": ids.loc[pr["encounter"]].to_numpy(),
-        "mrn": mrn.loc[pr["encounter"]].to_numpy(), "procedure_code": pr["code"].to_numpy(),
-        "procedure_name": pr["name"].to_numpy(), "procedure_time": t(pr["time"]).to_numpy(),
-        "updated_at": t(pr["time"]).to_numpy()}), pr["time"], None)
+    tables["procedure"] = (
+        pd.DataFrame(
+            {
+                "procedure_id": ids.loc[pr["encounter"]].to_numpy() + "-P1",
+                "encounter_id": ids.loc[pr["encounter"]].to_numpy(),
+                "mrn": mrn.loc[pr["encounter"]].to_numpy(),
+                "procedure_code": pr["code"].to_numpy(),
+                "procedure_name": pr["name"].to_numpy(),
+                "procedure_time": t(pr["time"]).to_numpy(),
+                "updated_at": t(pr["time"]).to_numpy(),
+            }
+        ),
+        pr["time"],
+        None,
+    )
     labs = of(clinical.labs)
     local = labs["test"].map(dialect.labs)
     factor = local.map(lambda c: c.factor_from_canonical).to_numpy(dtype=float)
@@ -284,56 +371,122 @@ def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, 
     digits = np.where(factor < 0.5, 2, np.where(factor > 2, 0, 1))
     value_text = [f"{v:.{d}f}" for v, d in zip(local_value, digits, strict=True)]
     time_fmt = hl7_time if dialect.formats["lab_result"] == "hl7v2" else t
-    result_ids = ids.loc[labs["encounter"]].to_numpy() + "-L" + labs.groupby("encounter").cumcount().add(1).astype(
-        str).to_numpy()
-    tables["lab_result"] = (pd.DataFrame({
-        "result_id": result_ids, "encounter_id": ids.loc[labs["encounter"]].to_numpy(),
-        "mrn": mrn.loc[labs["encounter"]].to_numpy(), "test_code": local.map(lambda c: c.code).to_numpy(),
-        "test_name": local.map(lambda c: c.name).to_numpy(), "value": value_text,
-        "unit": local.map(lambda c: c.unit).to_numpy(),
-        "reference_range": [f"{a:.{d}f}-{b:.{d}f}" for a, b, d in zip(low, high, digits, strict=True)],
-        "abnormal_flag": np.where(local_value > high, "H", np.where(local_value < low, "L", "")),
-        "result_time": time_fmt(labs["time"]).to_numpy(), "status": dialect.status[0],
-        "updated_at": time_fmt(labs["time"]).to_numpy()}), labs["time"],
-        _hl7_context(enc, labs, records) if dialect.formats["lab_result"] == "hl7v2" else None)
-    tables["_lab_values"] = pd.DataFrame({
-        "result_id": result_ids, "test": labs["test"].to_numpy(),
-        "loinc_code": labs["test"].map(lambda x: LABS[x][0]).to_numpy(),
-        "unit": labs["test"].map(lambda x: LABS[x][1]).to_numpy(),
-        "value": labs["value"].to_numpy(), "local_code": local.map(lambda c: c.code).to_numpy(), "factor": factor})
+    result_ids = (
+        ids.loc[labs["encounter"]].to_numpy()
+        + "-L"
+        + labs.groupby("encounter").cumcount().add(1).astype(str).to_numpy()
+    )
+    tables["lab_result"] = (
+        pd.DataFrame(
+            {
+                "result_id": result_ids,
+                "encounter_id": ids.loc[labs["encounter"]].to_numpy(),
+                "mrn": mrn.loc[labs["encounter"]].to_numpy(),
+                "test_code": local.map(lambda c: c.code).to_numpy(),
+                "test_name": local.map(lambda c: c.name).to_numpy(),
+                "value": value_text,
+                "unit": local.map(lambda c: c.unit).to_numpy(),
+                "reference_range": [f"{a:.{d}f}-{b:.{d}f}" for a, b, d in zip(low, high, digits, strict=True)],
+                "abnormal_flag": np.where(local_value > high, "H", np.where(local_value < low, "L", "")),
+                "result_time": time_fmt(labs["time"]).to_numpy(),
+                "status": dialect.status[0],
+                "updated_at": time_fmt(labs["time"]).to_numpy(),
+            }
+        ),
+        labs["time"],
+        _hl7_context(enc, labs, records) if dialect.formats["lab_result"] == "hl7v2" else None,
+    )
+    tables["_lab_values"] = pd.DataFrame(
+        {
+            "result_id": result_ids,
+            "test": labs["test"].to_numpy(),
+            "loinc_code": labs["test"].map(lambda x: LABS[x][0]).to_numpy(),
+            "unit": labs["test"].map(lambda x: LABS[x][1]).to_numpy(),
+            "value": labs["value"].to_numpy(),
+            "local_code": local.map(lambda c: c.code).to_numpy(),
+            "factor": factor,
+        }
+    )
     vitals = of(clinical.vitals)
     vlocal = vitals["measure"].map(dialect.vitals)
-    tables["vital_sign"] = (pd.DataFrame({
-        "vital_id": ids.loc[vitals["encounter"]].to_numpy() + "-V" + vitals.groupby("encounter").cumcount().add(
-            1).astype(str).to_numpy(),
-        "encounter_id": ids.loc[vitals["encounter"]].to_numpy(), "mrn": mrn.loc[vitals["encounter"]].to_numpy(),
-        "measure_code": vlocal.map(lambda c: c.code).to_numpy(), "measure_name": vlocal.map(lambda c: c.name).to_numpy(),
-        "value": [f"{v:g}" for v in vitals["value"]], "unit": vlocal.map(lambda c: c.unit).to_numpy(),
-        "measured_at": t(vitals["time"]).to_numpy(), "updated_at": t(vitals["time"]).to_numpy()}), vitals["time"],
-        vitals["measure"].reset_index(drop=True))
+    tables["vital_sign"] = (
+        pd.DataFrame(
+            {
+                "vital_id": ids.loc[vitals["encounter"]].to_numpy()
+                + "-V"
+                + vitals.groupby("encounter").cumcount().add(1).astype(str).to_numpy(),
+                "encounter_id": ids.loc[vitals["encounter"]].to_numpy(),
+                "mrn": mrn.loc[vitals["encounter"]].to_numpy(),
+                "measure_code": vlocal.map(lambda c: c.code).to_numpy(),
+                "measure_name": vlocal.map(lambda c: c.name).to_numpy(),
+                "value": [f"{v:g}" for v in vitals["value"]],
+                "unit": vlocal.map(lambda c: c.unit).to_numpy(),
+                "measured_at": t(vitals["time"]).to_numpy(),
+                "updated_at": t(vitals["time"]).to_numpy(),
+            }
+        ),
+        vitals["time"],
+        vitals["measure"].reset_index(drop=True),
+    )
     meds = of(clinical.medications)
     drug = meds["drug"].map(DRUGS)
     mlocal = meds["drug"].map(dialect.drugs)
-    tables["medication"] = (pd.DataFrame({
-        "order_id": ids.loc[meds["encounter"]].to_numpy() + "-M" + meds.groupby("encounter").cumcount().add(1).astype(
-            str).to_numpy(),
-        "encounter_id": ids.loc[meds["encounter"]].to_numpy(), "mrn": mrn.loc[meds["encounter"]].to_numpy(),
-        "drug_code": mlocal.map(lambda c: c.code).to_numpy(), "drug_name": mlocal.map(lambda c: c.name).to_numpy(),
-        "dose": drug.map(lambda d: str(d[2])).to_numpy(), "dose_unit": drug.map(lambda d: d[3]).to_numpy(),
-        "route": drug.map(lambda d: d[4]).to_numpy(), "frequency": drug.map(lambda d: d[5]).to_numpy(),
-        "start_time": t(meds["start"]).to_numpy(), "end_time": t(meds["end"]).to_numpy(), "status": dialect.status[0],
-        "updated_at": t(meds["start"]).to_numpy()}), meds["start"], None)
+    tables["medication"] = (
+        pd.DataFrame(
+            {
+                "order_id": ids.loc[meds["encounter"]].to_numpy()
+                + "-M"
+                + meds.groupby("encounter").cumcount().add(1).astype(str).to_numpy(),
+                "encounter_id": ids.loc[meds["encounter"]].to_numpy(),
+                "mrn": mrn.loc[meds["encounter"]].to_numpy(),
+                "drug_code": mlocal.map(lambda c: c.code).to_numpy(),
+                "drug_name": mlocal.map(lambda c: c.name).to_numpy(),
+                "dose": drug.map(lambda d: str(d[2])).to_numpy(),
+                "dose_unit": drug.map(lambda d: d[3]).to_numpy(),
+                "route": drug.map(lambda d: d[4]).to_numpy(),
+                "frequency": drug.map(lambda d: d[5]).to_numpy(),
+                "start_time": t(meds["start"]).to_numpy(),
+                "end_time": t(meds["end"]).to_numpy(),
+                "status": dialect.status[0],
+                "updated_at": t(meds["start"]).to_numpy(),
+            }
+        ),
+        meds["start"],
+        None,
+    )
     im = of(clinical.imaging)
-    tables["imaging_report"] = (pd.DataFrame({
-        "report_id": ids.loc[im["encounter"]].to_numpy() + "-R1", "encounter_id": ids.loc[im["encounter"]].to_numpy(),
-        "mrn": mrn.loc[im["encounter"]].to_numpy(), "modality": im["modality"].to_numpy(),
-        "body_part": im["body_part"].to_numpy(), "report_text": im["text"].to_numpy(),
-        "report_time": t(im["time"]).to_numpy(), "updated_at": t(im["time"]).to_numpy()}), im["time"], None)
+    tables["imaging_report"] = (
+        pd.DataFrame(
+            {
+                "report_id": ids.loc[im["encounter"]].to_numpy() + "-R1",
+                "encounter_id": ids.loc[im["encounter"]].to_numpy(),
+                "mrn": mrn.loc[im["encounter"]].to_numpy(),
+                "modality": im["modality"].to_numpy(),
+                "body_part": im["body_part"].to_numpy(),
+                "report_text": im["text"].to_numpy(),
+                "report_time": t(im["time"]).to_numpy(),
+                "updated_at": t(im["time"]).to_numpy(),
+            }
+        ),
+        im["time"],
+        None,
+    )
     notes = of(clinical.notes)
-    tables["note"] = (pd.DataFrame({
-        "note_id": ids.loc[notes["encounter"]].to_numpy() + "-N1", "encounter_id": ids.loc[notes["encounter"]].to_numpy(),
-        "mrn": mrn.loc[notes["encounter"]].to_numpy(), "note_type": "出院小结", "note_text": notes["text"].to_numpy(),
-        "note_time": t(notes["time"]).to_numpy(), "updated_at": t(notes["time"]).to_numpy()}), notes["time"], None)
+    tables["note"] = (
+        pd.DataFrame(
+            {
+                "note_id": ids.loc[notes["encounter"]].to_numpy() + "-N1",
+                "encounter_id": ids.loc[notes["encounter"]].to_numpy(),
+                "mrn": mrn.loc[notes["encounter"]].to_numpy(),
+                "note_type": "出院小结",
+                "note_text": notes["text"].to_numpy(),
+                "note_time": t(notes["time"]).to_numpy(),
+                "updated_at": t(notes["time"]).to_numpy(),
+            }
+        ),
+        notes["time"],
+        None,
+    )
     return tables
 
 
@@ -341,16 +494,26 @@ def _hl7_context(enc: pd.DataFrame, labs: pd.DataFrame, records: pd.DataFrame) -
     """Per lab row: what the PID and PV1 segments carry."""
     stay = enc.loc[labs["encounter"]]
     person = records.loc[stay["record"]]
-    return pd.DataFrame({
-        "national_id": person["national_id"].to_numpy(), "name": person["name"].to_numpy(),
-        "birth_date": pd.to_datetime(person["birth_date"]).dt.strftime("%Y%m%d").to_numpy(),
-        "sex": person["sex"].to_numpy(), "address": person["address"].to_numpy(), "phone": person["phone"].to_numpy(),
-        "patient_class": stay["encounter_type"].map({"inpatient": "I", "outpatient": "O", "emergency": "E"}).to_numpy(),
-        "ward": stay["ward"].to_numpy(), "bed": stay["bed"].to_numpy()})
+    return pd.DataFrame(
+        {
+            "national_id": person["national_id"].to_numpy(),
+            "name": person["name"].to_numpy(),
+            "birth_date": pd.to_datetime(person["birth_date"]).dt.strftime("%Y%m%d").to_numpy(),
+            "sex": person["sex"].to_numpy(),
+            "address": person["address"].to_numpy(),
+            "phone": person["phone"].to_numpy(),
+            "patient_class": stay["encounter_type"]
+            .map({"inpatient": "I", "outpatient": "O", "emergency": "E"})
+            .to_numpy(),
+            "ward": stay["ward"].to_numpy(),
+            "bed": stay["bed"].to_numpy(),
+        }
+    )
 
 
-def _with_resends(rng, entity: str, frame: pd.DataFrame, times: pd.Series, extra, dialect: Dialect,
-                  config: GeneratorConfig, t):
+def _with_resends(
+    rng, entity: str, frame: pd.DataFrame, times: pd.Series, extra, dialect: Dialect, config: GeneratorConfig, t
+):
     """Append, on each later day, resends of earlier records: corrected values or cancellations."""
     if config.days < 2 or frame.empty:
         return (frame, times, extra), []
@@ -383,8 +546,16 @@ def _with_resends(rng, entity: str, frame: pd.DataFrame, times: pd.Series, extra
         resent.loc[~cancel, changed_field] = np.array(new, dtype=object)[~cancel]
         resent.loc[:, "updated_at"] = t(pd.Series([when] * count, index=resent.index))
         for (_, row), is_cancel in zip(resent.iterrows(), cancel, strict=True):
-            found.append((entity, row[ID_FIELDS[entity]], "cancelled" if is_cancel else "corrected", str(day),
-                          "status" if is_cancel else changed_field, row["status" if is_cancel else changed_field]))
+            found.append(
+                (
+                    entity,
+                    row[ID_FIELDS[entity]],
+                    "cancelled" if is_cancel else "corrected",
+                    str(day),
+                    "status" if is_cancel else changed_field,
+                    row["status" if is_cancel else changed_field],
+                )
+            )
         parts.append(resent)
         time_parts.append(pd.Series([when] * count))
         extra_parts.append(extra.iloc[chosen] if extra is not None else None)
@@ -411,13 +582,25 @@ def _icd(code: str, style: str) -> str:
 
 # --- writing one file ----------------------------------------------------------------------------
 
-def _write(rng, out: Path, hid: str, dialect: Dialect, entity: str, frame: pd.DataFrame, extra, day, block: int,
-           config: GeneratorConfig) -> list[tuple]:
+
+def _write(
+    rng,
+    out: Path,
+    hid: str,
+    dialect: Dialect,
+    entity: str,
+    frame: pd.DataFrame,
+    extra,
+    day,
+    block: int,
+    config: GeneratorConfig,
+) -> list[tuple]:
     fmt = dialect.formats[entity]
     measures = extra if entity == "vital_sign" else None
     frame, value_defects = D.plant_values(rng, frame, entity, config.defect_rate, measures)
-    line_defects = D.choose_lines(rng, len(frame), config.defect_rate, D.LINE_DEFECTS[fmt],
-                                  {row for _, row in value_defects})
+    line_defects = D.choose_lines(
+        rng, len(frame), config.defect_rate, D.LINE_DEFECTS[fmt], {row for _, row in value_defects}
+    )
     folder = out / "landing" / hid / str(day)
     if fmt == "fhir_ndjson":
         name = f"{entity}-b{block:04d}.ndjson"
@@ -425,21 +608,25 @@ def _write(rng, out: Path, hid: str, dialect: Dialect, entity: str, frame: pd.Da
         lines = write_ndjson(folder / name, resources, line_defects)
     elif fmt == "hl7v2":
         name = f"{entity}-b{block:04d}.hl7"
-        lines = write_hl7(folder / name, frame.assign(_position=np.arange(len(frame))),
-                          extra.set_axis(frame.index), hid, line_defects)
+        lines = write_hl7(
+            folder / name, frame.assign(_position=np.arange(len(frame))), extra.set_axis(frame.index), hid, line_defects
+        )
     else:
         name = f"{entity}-b{block:04d}.{dialect.extension(entity)}"
-        drift = (hid == hospital_id(0) and entity == "encounter" and block == 0
-                 and day == config.end_date - dt.timedelta(days=1))
+        drift = (
+            hid == hospital_id(0)
+            and entity == "encounter"
+            and block == 0
+            and day == config.end_date - dt.timedelta(days=1)
+        )
         lines = write_csv(folder / name, frame, entity, dialect, line_defects, drift)
         if drift:
             lines.append((1, "schema_drift", -1))
     relative = f"{hid}/{day}/{name}"
-    by_row = {}
-    for line, kind, position in lines:
-        by_row.setdefault(position, []).append(line)
-    truth = [(relative, line, kind, hid, entity, frame.iloc[pos][ID_FIELDS[entity]] if pos >= 0 else "")
-             for line, kind, pos in lines]
+    truth = [
+        (relative, line, kind, hid, entity, frame.iloc[pos][ID_FIELDS[entity]] if pos >= 0 else "")
+        for line, kind, pos in lines
+    ]
     duplicates = sorted(pos for _, kind, pos in lines if kind == "exact_duplicate")
     for kind, position in value_defects:
         line = _line_of(position, duplicates, fmt)
@@ -455,6 +642,7 @@ def _line_of(position: int, duplicate_positions: list[int], fmt: str) -> int:
 
 
 # --- file-level defects and the summary ----------------------------------------------------------
+
 
 def _file_defects(config: GeneratorConfig, out: Path) -> int:
     """An empty export, and a gzip file cut short, once per region (on the last day)."""
@@ -479,29 +667,39 @@ def _file_defects(config: GeneratorConfig, out: Path) -> int:
     folder = out / "truth" / "defects"
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["file", "line", "kind", "hospital_id", "entity", "record_id"]).to_csv(
-        folder / "files.csv", index=False)
+        folder / "files.csv", index=False
+    )
     return len(rows)
 
 
 def _summarize(config: GeneratorConfig, out: Path, rows: dict[str, int], files: int) -> dict:
     defects = pd.concat([pd.read_csv(f, dtype=str) for f in sorted((out / "truth" / "defects").glob("*.csv"))])
-    departments = [{"hospital_id": hospital_id(h), "department": d, "beds": beds}
-                   for h in range(config.hospitals) for d, (beds, _, _) in DEPARTMENTS.items()]
+    departments = [
+        {"hospital_id": hospital_id(h), "department": d, "beds": beds}
+        for h in range(config.hospitals)
+        for d, (beds, _, _) in DEPARTMENTS.items()
+    ]
     pd.DataFrame(departments).to_csv(out / "truth" / "departments.csv", index=False)
-    summary = {"config": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(config).items()},
-               "dialects": {hospital_id(h): config.dialect(h).name for h in range(config.hospitals)},
-               "rows": rows, "files": files, "defects": defects["kind"].value_counts().sort_index().to_dict(),
-               "lab_tests": {k: {"loinc": v[0], "unit": v[1]} for k, v in LABS.items()},
-               "vital_signs": {k: {"loinc": v[0], "unit": v[1]} for k, v in VITALS.items()},
-               "fields": FIELDS}
+    summary = {
+        "config": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(config).items()},
+        "dialects": {hospital_id(h): config.dialect(h).name for h in range(config.hospitals)},
+        "rows": rows,
+        "files": files,
+        "defects": defects["kind"].value_counts().sort_index().to_dict(),
+        "lab_tests": {k: {"loinc": v[0], "unit": v[1]} for k, v in LABS.items()},
+        "vital_signs": {k: {"loinc": v[0], "unit": v[1]} for k, v in VITALS.items()},
+        "fields": FIELDS,
+    }
     (out / "truth" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1, default=int))
     return summary
 
 
 def read_truth(truth: Path, table: str) -> pd.DataFrame:
     """All blocks of one truth table (tests and measurements use this; the pipeline never does)."""
-    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted((truth / table).glob("*.csv"))],
-                     ignore_index=True)
+    return pd.concat(
+        [pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted((truth / table).glob("*.csv"))],
+        ignore_index=True,
+    )
 
 
 def gunzip_ok(path: Path) -> bool:
