@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     gen.add_argument("--workers", type=int, default=1, help="processes; the bytes do not depend on it (default 1)")
-    gen.add_argument("--block-size", type=int, help="persons per independently seeded block (default 20000)")
+    gen.add_argument("--block-size", type=int, help="persons per independently seeded block (default 10000)")
     gen.add_argument("--dialects", help="comma-separated dialect per hospital (default: cycle through all five)")
     for rate in ("share-multi-hospital", "identity-noise-rate", "hard-negative-share", "defect-rate", "resend-rate"):
         gen.add_argument(f"--{rate}", type=float, help="see README: the generator's defaults")

@@ -290,7 +290,7 @@ def test_identity_ground_truth_matches_the_defaults(region):
     assert 0.25 < (multi > 1).mean() < 0.35
     assert 0.005 < (persons["hard_negative_of"] != "-1").mean() < 0.02
     secondary = records[records["primary"] == "False"]
-    for kind in ("name_typo", "id_missing", "id_mistyped", "phone_changed"):
+    for kind in ("name_typo", "id_missing", "id_mistyped", "dob_swap", "phone_changed"):
         share = secondary["noise"].str.contains(kind).mean()
         assert 0.02 < share < 0.09, (kind, share)
     mistyped = secondary[secondary["noise"].str.contains("id_mistyped")]
@@ -360,6 +360,6 @@ def test_csv_lines_have_one_record_each(region):
 
 
 def test_reads_as_csv_with_the_standard_library(region):
-    path = next(region.landing.glob("H02/*/patient-*.tsv"))
+    path = max(region.landing.glob("H02/*/patient-*.tsv"), key=lambda p: p.stat().st_size)
     rows = list(csv.reader(io.StringIO(path.read_bytes().decode("gb18030", errors="replace")), delimiter="\t"))
     assert rows[0][:2] == ["病案号", "姓名"] and len(rows) > 50

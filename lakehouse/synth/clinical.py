@@ -26,6 +26,7 @@ READMISSION_MODEL = {
     "creatinine_over_133_umol_l": 1.3,
     "hba1c_over_8_pct": 1.0,
     "albumin_under_30_g_l": 0.9,
+    "hemoglobin_under_100_g_l": 0.6,
     "per_day_of_stay_over_5": 0.18,
 }
 MORTALITY_MODEL = {

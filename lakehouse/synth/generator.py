@@ -50,7 +50,7 @@ class GeneratorConfig:
     hard_negative_share: float = 0.01
     defect_rate: float = 0.005
     resend_rate: float = 0.02
-    block_size: int = 20_000
+    block_size: int = 10_000
     end_date: dt.date = dt.date(2026, 1, 1)
     history_days: int = 3 * 365
     dialects: tuple[str, ...] = ()  # empty: hospital i uses DIALECT_ORDER[i % 5]

@@ -135,8 +135,11 @@ def registrations(rng: np.random.Generator, persons: pd.DataFrame, noise_rate: f
     mistyped = records["national_id"].map(_mistype_digit)
     records["national_id"] = np.where(kinds["id_missing"], "",
                                       np.where(kinds["id_mistyped"], mistyped, records["national_id"]))
-    swappable = records["birth_date"].dt.day <= 12
-    kinds["dob_swap"] &= swappable.to_numpy() & (records["birth_date"].dt.day != records["birth_date"].dt.month)
+    # only a day of 12 or less can pass for a month: draw among those so the kind still hits noise_rate
+    swappable = ((records["birth_date"].dt.day <= 12)
+                 & (records["birth_date"].dt.day != records["birth_date"].dt.month)).to_numpy()
+    share = max(swappable[noisy].mean(), 1e-9) if noisy.any() else 1.0
+    kinds["dob_swap"] = noisy & swappable & (rng.random(n) < min(1.0, noise_rate / share))
     swapped = pd.to_datetime(dict(year=records["birth_date"].dt.year, month=records["birth_date"].dt.day.clip(1, 12),
                                   day=records["birth_date"].dt.month))
     records["birth_date"] = records["birth_date"].where(~kinds["dob_swap"], swapped)
