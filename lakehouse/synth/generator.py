@@ -321,47 +321,37 @@ def _hospital_tables(
 
 
 def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, dialect: Dialect, t, hl7_time) -> dict:
-    tables = {}
+    """entity -> (string frame, event times, extra) for every event table of one hospital."""
     ids = enc["encounter_id"]
-    enc_mrn = records["mrn"].loc[enc["record"]].to_numpy()
-    mrn = pd.Series(enc_mrn, index=enc.index)
+    mrn = pd.Series(records["mrn"].loc[enc["record"]].to_numpy(), index=enc.index)
 
     def of(events: pd.DataFrame) -> pd.DataFrame:
         return events[events["encounter"].isin(enc.index)]
 
+    def rows(entity: str, events: pd.DataFrame, suffix, time: pd.Series, fmt=t, extra=None, **fields) -> tuple:
+        """One row per event: its id (encounter id + suffix), encounter, MRN, the given fields, update time."""
+        encounter = events["encounter"]
+        own = {
+            ID_FIELDS[entity]: ids.loc[encounter].to_numpy() + np.asarray(suffix, dtype=object),
+            "encounter_id": ids.loc[encounter].to_numpy(),
+            "mrn": mrn.loc[encounter].to_numpy(),
+            "updated_at": fmt(time).to_numpy(),
+            **{name: np.asarray(value) if not isinstance(value, str) else value for name, value in fields.items()},
+        }
+        return pd.DataFrame({name: own[name] for name in FIELDS[entity]}), time, extra
+
+    def numbered(events: pd.DataFrame, prefix: str) -> np.ndarray:
+        return (prefix + events.groupby("encounter").cumcount().add(1).astype(str)).to_numpy()
+
     dx = of(clinical.diagnoses)
-    tables["diagnosis"] = (
-        pd.DataFrame(
-            {
-                "diagnosis_id": ids.loc[dx["encounter"]].to_numpy() + "-D" + dx["rank"].astype(str).to_numpy(),
-                "encounter_id": ids.loc[dx["encounter"]].to_numpy(),
-                "mrn": mrn.loc[dx["encounter"]].to_numpy(),
-                "icd_code": dx["code"].map(lambda c: _icd(c, dialect.icd_style)).to_numpy(),
-                "diagnosis_name": dx["name"],
-                "diagnosis_time": t(dx["time"]).to_numpy(),
-                "status": dialect.status[0],
-                "updated_at": t(dx["time"]).to_numpy(),
-            }
-        ),
-        dx["time"],
-        None,
-    )
+    tables = {
+        "diagnosis": rows("diagnosis", dx, ("-D" + dx["rank"].astype(str)).to_numpy(), dx["time"],
+                          icd_code=dx["code"].map(lambda c: _icd(c, dialect.icd_style)), diagnosis_name=dx["name"],
+                          diagnosis_time=t(dx["time"]), status=dialect.status[0]),
+    }
     pr = of(clinical.procedures)
-    tables["procedure"] = (
-        pd.DataFrame(
-            {
-                "procedure_id": ids.loc[pr["encounter"]].to_numpy() + "-P1",
-                "encounter_id": ids.loc[pr["encounter"]].to_numpy(),
-                "mrn": mrn.loc[pr["encounter"]].to_numpy(),
-                "procedure_code": pr["code"].to_numpy(),
-                "procedure_name": pr["name"].to_numpy(),
-                "procedure_time": t(pr["time"]).to_numpy(),
-                "updated_at": t(pr["time"]).to_numpy(),
-            }
-        ),
-        pr["time"],
-        None,
-    )
+    tables["procedure"] = rows("procedure", pr, "-P1", pr["time"], procedure_code=pr["code"],
+                               procedure_name=pr["name"], procedure_time=t(pr["time"]))
     labs = of(clinical.labs)
     local = labs["test"].map(dialect.labs)
     factor = local.map(lambda c: c.factor_from_canonical).to_numpy(dtype=float)
@@ -369,124 +359,40 @@ def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, 
     high = labs["test"].map(lambda x: REFERENCE[x][1]).to_numpy() * factor
     local_value = labs["value"].to_numpy() * factor
     digits = np.where(factor < 0.5, 2, np.where(factor > 2, 0, 1))
-    value_text = [f"{v:.{d}f}" for v, d in zip(local_value, digits, strict=True)]
-    time_fmt = hl7_time if dialect.formats["lab_result"] == "hl7v2" else t
-    result_ids = (
-        ids.loc[labs["encounter"]].to_numpy()
-        + "-L"
-        + labs.groupby("encounter").cumcount().add(1).astype(str).to_numpy()
-    )
-    tables["lab_result"] = (
-        pd.DataFrame(
-            {
-                "result_id": result_ids,
-                "encounter_id": ids.loc[labs["encounter"]].to_numpy(),
-                "mrn": mrn.loc[labs["encounter"]].to_numpy(),
-                "test_code": local.map(lambda c: c.code).to_numpy(),
-                "test_name": local.map(lambda c: c.name).to_numpy(),
-                "value": value_text,
-                "unit": local.map(lambda c: c.unit).to_numpy(),
-                "reference_range": [f"{a:.{d}f}-{b:.{d}f}" for a, b, d in zip(low, high, digits, strict=True)],
-                "abnormal_flag": np.where(local_value > high, "H", np.where(local_value < low, "L", "")),
-                "result_time": time_fmt(labs["time"]).to_numpy(),
-                "status": dialect.status[0],
-                "updated_at": time_fmt(labs["time"]).to_numpy(),
-            }
-        ),
-        labs["time"],
-        _hl7_context(enc, labs, records) if dialect.formats["lab_result"] == "hl7v2" else None,
-    )
-    tables["_lab_values"] = pd.DataFrame(
-        {
-            "result_id": result_ids,
-            "test": labs["test"].to_numpy(),
-            "loinc_code": labs["test"].map(lambda x: LABS[x][0]).to_numpy(),
-            "unit": labs["test"].map(lambda x: LABS[x][1]).to_numpy(),
-            "value": labs["value"].to_numpy(),
-            "local_code": local.map(lambda c: c.code).to_numpy(),
-            "factor": factor,
-        }
-    )
+    hl7 = dialect.formats["lab_result"] == "hl7v2"
+    time_fmt = hl7_time if hl7 else t
+    tables["lab_result"] = rows(
+        "lab_result", labs, numbered(labs, "-L"), labs["time"], fmt=time_fmt,
+        extra=_hl7_context(enc, labs, records) if hl7 else None,
+        test_code=local.map(lambda c: c.code), test_name=local.map(lambda c: c.name),
+        value=[f"{v:.{d}f}" for v, d in zip(local_value, digits, strict=True)], unit=local.map(lambda c: c.unit),
+        reference_range=[f"{a:.{d}f}-{b:.{d}f}" for a, b, d in zip(low, high, digits, strict=True)],
+        abnormal_flag=np.where(local_value > high, "H", np.where(local_value < low, "L", "")),
+        result_time=time_fmt(labs["time"]), status=dialect.status[0])
+    tables["_lab_values"] = pd.DataFrame({
+        "result_id": tables["lab_result"][0]["result_id"].to_numpy(), "test": labs["test"].to_numpy(),
+        "loinc_code": labs["test"].map(lambda x: LABS[x][0]).to_numpy(),
+        "unit": labs["test"].map(lambda x: LABS[x][1]).to_numpy(), "value": labs["value"].to_numpy(),
+        "local_code": local.map(lambda c: c.code).to_numpy(), "factor": factor})
     vitals = of(clinical.vitals)
     vlocal = vitals["measure"].map(dialect.vitals)
-    tables["vital_sign"] = (
-        pd.DataFrame(
-            {
-                "vital_id": ids.loc[vitals["encounter"]].to_numpy()
-                + "-V"
-                + vitals.groupby("encounter").cumcount().add(1).astype(str).to_numpy(),
-                "encounter_id": ids.loc[vitals["encounter"]].to_numpy(),
-                "mrn": mrn.loc[vitals["encounter"]].to_numpy(),
-                "measure_code": vlocal.map(lambda c: c.code).to_numpy(),
-                "measure_name": vlocal.map(lambda c: c.name).to_numpy(),
-                "value": [f"{v:g}" for v in vitals["value"]],
-                "unit": vlocal.map(lambda c: c.unit).to_numpy(),
-                "measured_at": t(vitals["time"]).to_numpy(),
-                "updated_at": t(vitals["time"]).to_numpy(),
-            }
-        ),
-        vitals["time"],
-        vitals["measure"].reset_index(drop=True),
-    )
+    tables["vital_sign"] = rows(
+        "vital_sign", vitals, numbered(vitals, "-V"), vitals["time"], extra=vitals["measure"].reset_index(drop=True),
+        measure_code=vlocal.map(lambda c: c.code), measure_name=vlocal.map(lambda c: c.name),
+        value=[f"{v:g}" for v in vitals["value"]], unit=vlocal.map(lambda c: c.unit), measured_at=t(vitals["time"]))
     meds = of(clinical.medications)
-    drug = meds["drug"].map(DRUGS)
-    mlocal = meds["drug"].map(dialect.drugs)
-    tables["medication"] = (
-        pd.DataFrame(
-            {
-                "order_id": ids.loc[meds["encounter"]].to_numpy()
-                + "-M"
-                + meds.groupby("encounter").cumcount().add(1).astype(str).to_numpy(),
-                "encounter_id": ids.loc[meds["encounter"]].to_numpy(),
-                "mrn": mrn.loc[meds["encounter"]].to_numpy(),
-                "drug_code": mlocal.map(lambda c: c.code).to_numpy(),
-                "drug_name": mlocal.map(lambda c: c.name).to_numpy(),
-                "dose": drug.map(lambda d: str(d[2])).to_numpy(),
-                "dose_unit": drug.map(lambda d: d[3]).to_numpy(),
-                "route": drug.map(lambda d: d[4]).to_numpy(),
-                "frequency": drug.map(lambda d: d[5]).to_numpy(),
-                "start_time": t(meds["start"]).to_numpy(),
-                "end_time": t(meds["end"]).to_numpy(),
-                "status": dialect.status[0],
-                "updated_at": t(meds["start"]).to_numpy(),
-            }
-        ),
-        meds["start"],
-        None,
-    )
+    drug, mlocal = meds["drug"].map(DRUGS), meds["drug"].map(dialect.drugs)
+    tables["medication"] = rows(
+        "medication", meds, numbered(meds, "-M"), meds["start"], drug_code=mlocal.map(lambda c: c.code),
+        drug_name=mlocal.map(lambda c: c.name), dose=drug.map(lambda d: str(d[2])), dose_unit=drug.map(lambda d: d[3]),
+        route=drug.map(lambda d: d[4]), frequency=drug.map(lambda d: d[5]), start_time=t(meds["start"]),
+        end_time=t(meds["end"]), status=dialect.status[0])
     im = of(clinical.imaging)
-    tables["imaging_report"] = (
-        pd.DataFrame(
-            {
-                "report_id": ids.loc[im["encounter"]].to_numpy() + "-R1",
-                "encounter_id": ids.loc[im["encounter"]].to_numpy(),
-                "mrn": mrn.loc[im["encounter"]].to_numpy(),
-                "modality": im["modality"].to_numpy(),
-                "body_part": im["body_part"].to_numpy(),
-                "report_text": im["text"].to_numpy(),
-                "report_time": t(im["time"]).to_numpy(),
-                "updated_at": t(im["time"]).to_numpy(),
-            }
-        ),
-        im["time"],
-        None,
-    )
+    tables["imaging_report"] = rows("imaging_report", im, "-R1", im["time"], modality=im["modality"],
+                                    body_part=im["body_part"], report_text=im["text"], report_time=t(im["time"]))
     notes = of(clinical.notes)
-    tables["note"] = (
-        pd.DataFrame(
-            {
-                "note_id": ids.loc[notes["encounter"]].to_numpy() + "-N1",
-                "encounter_id": ids.loc[notes["encounter"]].to_numpy(),
-                "mrn": mrn.loc[notes["encounter"]].to_numpy(),
-                "note_type": "出院小结",
-                "note_text": notes["text"].to_numpy(),
-                "note_time": t(notes["time"]).to_numpy(),
-                "updated_at": t(notes["time"]).to_numpy(),
-            }
-        ),
-        notes["time"],
-        None,
-    )
+    tables["note"] = rows("note", notes, "-N1", notes["time"], note_type="出院小结", note_text=notes["text"],
+                          note_time=t(notes["time"]))
     return tables
 
 
