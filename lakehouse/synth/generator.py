@@ -514,9 +514,9 @@ def _write(
         lines = write_ndjson(folder / name, resources, line_defects)
     elif fmt == "hl7v2":
         name = f"{entity}-b{block:04d}.hl7"
-        lines = write_hl7(
-            folder / name, frame.assign(_position=np.arange(len(frame))), extra.set_axis(frame.index), hid, line_defects
-        )
+        obx_lines: dict[int, int] = {}
+        lines = write_hl7(folder / name, frame.assign(_position=np.arange(len(frame))), extra.set_axis(frame.index),
+                          hid, line_defects, obx_lines)
     else:
         name = f"{entity}-b{block:04d}.{dialect.extension(entity)}"
         drift = (
@@ -535,15 +535,13 @@ def _write(
     ]
     duplicates = sorted(pos for _, kind, pos in lines if kind == "exact_duplicate")
     for kind, position in value_defects:
-        line = _line_of(position, duplicates, fmt)
+        line = obx_lines[position] if fmt == "hl7v2" else _line_of(position, duplicates, fmt)
         truth.append((relative, line, kind, hid, entity, frame.iloc[position][ID_FIELDS[entity]]))
     return truth
 
 
 def _line_of(position: int, duplicate_positions: list[int], fmt: str) -> int:
-    """Line of a row in a CSV or NDJSON file: header and earlier duplicate lines counted (HL7: -1, unknown)."""
-    if fmt == "hl7v2":
-        return -1
+    """Line of a row in a CSV or NDJSON file: header and earlier duplicate lines counted."""
     return position + bisect.bisect_left(duplicate_positions, position) + (2 if fmt == "csv" else 1)
 
 

@@ -129,8 +129,10 @@ def hl7_escape(value: str) -> str:
 
 
 def write_hl7(path: Path, labs: pd.DataFrame, context: pd.DataFrame, hospital: str,
-              line_defects: dict[int, str]) -> list[tuple[int, str, int]]:
-    """ORU^R01 messages, one per (encounter, report time), one OBX per result: MSH, PID, PV1, OBR, OBX..."""
+              line_defects: dict[int, str], line_of: dict[int, int] | None = None) -> list[tuple[int, str, int]]:
+    """ORU^R01 messages, one per (encounter, report time), one OBX per result: MSH, PID, PV1, OBR, OBX...
+
+    `line_of`, when given, is filled with each row's OBX line (segments are CRLF-terminated lines)."""
     segments: list[str] = []
     truth = []
     e = hl7_escape
@@ -155,6 +157,8 @@ def write_hl7(path: Path, labs: pd.DataFrame, context: pd.DataFrame, hospital: s
             if kind == "malformed_segment":
                 obx = f"OBX|{i + 1}|NM|{e(lab.test_code)}"  # cut short: no value, no unit
             segments.append(obx)
+            if line_of is not None:
+                line_of[position] = len(segments)
             if kind == "exact_duplicate":
                 segments.append(obx)
             if kind:
