@@ -16,7 +16,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[1]
 CONF = PROJECT / "conf"
 TEST_KEYS = {"LAKEHOUSE_PSEUDONYM_KEY": "11" * 32, "LAKEHOUSE_VAULT_KEY": "22" * 32}
-TINY_REGION = {"hospitals": 3, "patients": 800, "days": 2, "seed": 7}
+TINY_REGION = {"hospitals": 5, "patients": 800, "days": 2, "seed": 7}  # every dialect
 SPARK_TEST_CONF = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",

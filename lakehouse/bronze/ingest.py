@@ -102,6 +102,7 @@ def read_source(spark: SparkSession, source: EntitySource, paths: list[str]) -> 
             .option("encoding", source.encoding)
             .option("inferSchema", "false")
             .option("mode", "PERMISSIVE")
+            .option("enforceSchema", "false")  # a file whose header differs fails, and is then read on its own
             .csv(paths)
             .select("*", F.col("_metadata.file_path").alias("_source_file")))
 
@@ -147,25 +148,26 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
     groups: dict[tuple[str, str], list[LandingFile]] = {}
     for f in readable:
         groups.setdefault((f.hospital_id, f.entity), []).append(f)
-    by_entity: dict[str, list] = {}
+    by_entity: dict[str, list[tuple[DataFrame, list[LandingFile]]]] = {}
     for (hospital_id, entity), files in sorted(groups.items()):
-        source = settings.sources[hospital_id].entities[entity]
         try:
-            frame = to_bronze(read_source(spark, source, [f.path for f in files]), source, entity, hospital_id,
-                              batch_id)
-            by_entity.setdefault(entity, []).append((frame, files))
-        except Exception as err:  # a file that cannot be read is recorded and the rest go on
-            for f in files:
-                ledger_rows.append(_ledger_row(f, batch_id, 0, 0, FAILED, f"{type(err).__name__}: {err}"[:1000]))
+            by_entity.setdefault(entity, []).append(
+                (_prepare(spark, settings, hospital_id, entity, files, batch_id), files))
+        except Exception:  # e.g. the header cannot be read: sort the group out file by file
+            good, failed = _one_by_one(spark, settings, entity, [(None, files)], batch_id)
+            by_entity.setdefault(entity, []).extend(good)
+            ledger_rows.extend(failed)
     for entity, parts in sorted(by_entity.items()):
-        bronze = reduce(DataFrame.unionByName, [frame for frame, _ in parts]).persist()
-        per_file = dict(bronze.groupBy("_source_file").count().collect())  # one row per file
-        written[entity] = io.append(spark, bronze, BRONZE[entity], settings.root)  # one commit per entity
-        bronze.unpersist()
-        for _, files in parts:
-            for f in files:
-                rows = per_file.get(f.path, 0)
-                ledger_rows.append(_ledger_row(f, batch_id, rows, rows, LANDED, None))
+        try:
+            landed = _land(spark, settings, entity, parts)
+        except Exception:  # some file cannot be read together with the others: find it, land the rest
+            parts, failed = _one_by_one(spark, settings, entity, parts, batch_id)
+            ledger_rows.extend(failed)
+            landed = _land(spark, settings, entity, parts) if parts else None
+        if landed is not None:
+            written[entity], per_file = landed
+            ledger_rows.extend(_ledger_row(f, batch_id, per_file.get(f.path, 0), per_file.get(f.path, 0), LANDED,
+                                           None) for _, files in parts for f in files)
     if ledger_rows:
         ledger = (spark.createDataFrame(ledger_rows, INGEST_LEDGER.schema)
                   .withColumn("ingested_at", F.current_timestamp()))
@@ -174,6 +176,42 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
               "files_failed": sum(r[9] in (FAILED, UNMATCHED) for r in ledger_rows),
               "rows_landed": sum(r[7] for r in ledger_rows)}
     return list(written.values()), counts
+
+
+def _prepare(spark: SparkSession, settings: Settings, hospital_id: str, entity: str, files: list[LandingFile],
+             batch_id: str) -> DataFrame:
+    source = settings.sources[hospital_id].entities[entity]
+    return to_bronze(read_source(spark, source, [f.path for f in files]), source, entity, hospital_id, batch_id)
+
+
+def _land(spark: SparkSession, settings: Settings, entity: str,
+          parts: list[tuple[DataFrame, list[LandingFile]]]) -> tuple[Written, dict[str, int]]:
+    """Append all parts in one Delta commit; return it and the rows landed per file."""
+    bronze = reduce(DataFrame.unionByName, [frame for frame, _ in parts]).persist()
+    try:
+        per_file = dict(bronze.groupBy("_source_file").count().collect())  # one row per file
+        return io.append(spark, bronze, BRONZE[entity], settings.root), per_file
+    finally:
+        bronze.unpersist()
+
+
+def _one_by_one(spark: SparkSession, settings: Settings, entity: str, parts, batch_id: str):
+    """Read each file alone: those that fail get a ledger row with the reason, the others go on."""
+    good, failed = [], []
+    for _, files in parts:
+        for f in files:
+            try:
+                frame = _prepare(spark, settings, f.hospital_id, entity, [f], batch_id)
+                frame.select("_record_hash").count()  # forces decompression and parsing of the whole file
+                good.append((frame, [f]))
+            except Exception as err:
+                failed.append(_ledger_row(f, batch_id, 0, 0, FAILED, _reason(err)))
+    return good, failed
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{type(err).__name__}: {text}"[:1000]
 
 
 def _ledger_row(f: LandingFile, batch_id: str, read: int, landed: int, status: str, reason: str | None) -> tuple:

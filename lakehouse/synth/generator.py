@@ -80,6 +80,7 @@ class GenerateResult:
     files: int
     rows: dict[str, int]
     defects: dict[str, int] = field(default_factory=dict)
+    rows_by_hospital: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def check_arguments(out: Path, config: GeneratorConfig, overwrite: bool) -> None:
@@ -129,22 +130,23 @@ def generate(
     else:
         results = [_block(config, block, out) for block in range(config.blocks)]
     rows: dict[str, int] = {}
+    by_hospital: dict[str, dict[str, int]] = {}
     files = 0
     for block_rows, block_files in results:
         files += block_files
-        for entity, count in block_rows.items():
+        for (hid, entity), count in block_rows.items():
             rows[entity] = rows.get(entity, 0) + count
+            by_hospital.setdefault(hid, {})[entity] = by_hospital.get(hid, {}).get(entity, 0) + count
     files += _file_defects(config, out)
-    summary = _summarize(config, out, rows, files)
-    return GenerateResult(
-        out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files, rows, summary["defects"]
-    )
+    summary = _summarize(config, out, rows, files, by_hospital)
+    return GenerateResult(out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files,
+                          rows, summary["defects"], by_hospital)
 
 
 # --- one block -----------------------------------------------------------------------------------
 
 
-def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, int], int]:
+def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[tuple[str, str], int], int]:
     rng = np.random.default_rng([config.seed, block])
     n = min(config.block_size, config.patients - block * config.block_size)
     case_mix = np.linspace(0.8, 1.4, config.hospitals)  # a different case mix per hospital
@@ -169,7 +171,7 @@ def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, in
     clinical = draw_clinical(rng, records, start, config.end)
     _assign_encounter_ids(clinical.encounters, records, block)
     truth = _truth_tables(persons, records, clinical)
-    rows: dict[str, int] = {}
+    rows: dict[tuple[str, str], int] = {}
     files = 0
     defect_truth = []
     for h in range(config.hospitals):
@@ -178,7 +180,7 @@ def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[str, in
         truth.setdefault("lab_values", []).append(tables.pop("_lab_values"))
         truth.setdefault("resends", []).append(tables.pop("_resends"))
         for entity, (frame, days, extra) in tables.items():
-            rows[entity] = rows.get(entity, 0) + len(frame)
+            rows[(hid, entity)] = rows.get((hid, entity), 0) + len(frame)
             for day in sorted(set(days)):
                 part = frame[days == day].reset_index(drop=True)
                 part_extra = extra[days == day].reset_index(drop=True) if extra is not None else None
@@ -576,7 +578,8 @@ def _file_defects(config: GeneratorConfig, out: Path) -> int:
     return len(rows)
 
 
-def _summarize(config: GeneratorConfig, out: Path, rows: dict[str, int], files: int) -> dict:
+def _summarize(config: GeneratorConfig, out: Path, rows: dict[str, int], files: int,
+               by_hospital: dict[str, dict[str, int]]) -> dict:
     defects = pd.concat([pd.read_csv(f, dtype=str) for f in sorted((out / "truth" / "defects").glob("*.csv"))])
     departments = [
         {"hospital_id": hospital_id(h), "department": d, "beds": beds}
@@ -588,6 +591,7 @@ def _summarize(config: GeneratorConfig, out: Path, rows: dict[str, int], files: 
         "config": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(config).items()},
         "dialects": {hospital_id(h): config.dialect(h).name for h in range(config.hospitals)},
         "rows": rows,
+        "rows_by_hospital": by_hospital,
         "files": files,
         "defects": defects["kind"].value_counts().sort_index().to_dict(),
         "lab_tests": {k: {"loinc": v[0], "unit": v[1]} for k, v in LABS.items()},
