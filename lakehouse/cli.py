@@ -39,16 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = add("generate", "write a synthetic region's source dumps and ground truth")
     gen.add_argument("--out", help="output folder (default: demo.out in config)")
-    gen.add_argument("--hospitals", type=int)
-    gen.add_argument("--patients", type=int)
-    gen.add_argument("--days", type=int, help="day 1 is the full history; later days are increments")
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--hospitals", type=int, help="hospitals; hospital i uses the i-th of five dialects (default 5)")
+    gen.add_argument("--patients", type=int, help="persons in the region (default 3000)")
+    gen.add_argument("--days", type=int, help="day 1 is the full history; later days are increments (default 1)")
+    gen.add_argument("--seed", type=int, help="the same seed gives the same bytes (default 42)")
     gen.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     gen.add_argument("--workers", type=int, default=1, help="processes; the bytes do not depend on it (default 1)")
     gen.add_argument("--block-size", type=int, help="persons per independently seeded block (default 10000)")
     gen.add_argument("--dialects", help="comma-separated dialect per hospital (default: cycle through all five)")
-    for rate in ("share-multi-hospital", "identity-noise-rate", "hard-negative-share", "defect-rate", "resend-rate"):
-        gen.add_argument(f"--{rate}", type=float, help="see README: the generator's defaults")
+    for rate, default in (("share-multi-hospital", 0.30), ("identity-noise-rate", 0.05),
+                          ("hard-negative-share", 0.01), ("defect-rate", 0.005), ("resend-rate", 0.02)):
+        gen.add_argument(f"--{rate}", type=float, help=f"(default {default}; see the README)")
 
     ingest = add("ingest", "land new source files into bronze Delta tables (idempotent per file)")
     ingest.add_argument("--landing", help="landing folder <landing>/<hospital>/<day>/ (default: config)")
@@ -100,7 +101,7 @@ def _generate(args, settings: Settings) -> int:
     options = {name: getattr(args, name, None) for name in GENERATOR_OPTIONS}
     if getattr(args, "dialects", None):
         options["dialects"] = tuple(d.strip() for d in args.dialects.split(","))
-    result = pipeline.run_generate(settings, args.out, args.overwrite, **options)
+    result = pipeline.run_generate(settings, args.out, args.overwrite, getattr(args, "demo", False), **options)
     print(f"generated {result.files} files for {', '.join(result.hospitals)} in {result.landing}")
     print("rows: " + ", ".join(f"{k}={v}" for k, v in result.rows.items()) + f"; ground truth in {result.truth}")
     print("planted defects: " + ", ".join(f"{k}={v}" for k, v in result.defects.items()))
@@ -141,7 +142,7 @@ def _run_all(args, settings: Settings) -> int:
     if args.landing is None:
         demo_landing = f"{settings.path(settings.main.demo.out)}/landing"
         if not os.path.isdir(demo_landing):
-            _generate(argparse.Namespace(out=None, overwrite=False), settings)
+            _generate(argparse.Namespace(out=None, overwrite=False, demo=True), settings)
         landing = demo_landing
     else:
         landing = pipeline.check_landing(settings, args.landing)

@@ -21,7 +21,7 @@ from lakehouse.ml.train import TrainResult, current, train, train_inputs
 from lakehouse.runlog import JobRun
 from lakehouse.silver.refine import OUTPUTS as REFINE_OUTPUTS
 from lakehouse.silver.refine import refine, refine_inputs
-from lakehouse.synth.generator import GenerateResult, generate
+from lakehouse.synth.generator import GenerateResult, GeneratorConfig, generate
 
 STAGES = ("ingest", "refine", "build", "train", "score")
 
@@ -52,14 +52,19 @@ def check_landing(settings: Settings, landing: str | None, flag: str = "--landin
     return landing
 
 
-def run_generate(settings: Settings, out: str | None = None, overwrite: bool = False, **sizes) -> GenerateResult:
-    demo = settings.main.demo
-    params = {"hospitals": demo.hospitals, "patients": demo.patients, "days": demo.days, "seed": demo.seed}
-    params.update({k: v for k, v in sizes.items() if v is not None})
-    missing = [f"H{h + 1:02d}" for h in range(params["hospitals"]) if f"H{h + 1:02d}" not in settings.sources]
+def run_generate(settings: Settings, out: str | None = None, overwrite: bool = False, demo: bool = False,
+                 **options) -> GenerateResult:
+    """The generator's own defaults (the yardstick), or with `demo` the smaller sample of `demo:` in config."""
+    params = {}
+    if demo:
+        sample = settings.main.demo
+        params = {"hospitals": sample.hospitals, "patients": sample.patients, "days": sample.days, "seed": sample.seed}
+    params.update({k: v for k, v in options.items() if v is not None})
+    hospitals = params.get("hospitals", GeneratorConfig.hospitals)
+    missing = [f"H{h + 1:02d}" for h in range(hospitals) if f"H{h + 1:02d}" not in settings.sources]
     if missing:
         print(f"note: no source contract for {missing}: their files will be recorded as unmatched at ingest")
-    return generate(settings.path(out or demo.out), overwrite=overwrite, **params)
+    return generate(settings.path(out or settings.main.demo.out), overwrite=overwrite, **params)
 
 
 def run_ingest(spark: SparkSession, settings: Settings, landing: str, report: PipelineReport | None = None) -> JobRun:
