@@ -29,6 +29,8 @@ from lakehouse.synth.generator import generate, read_truth
 from lakehouse.synth.people import valid_national_id
 
 RATE = 0.005
+FIELDS_OF_ALL = ("patient", "encounter", "diagnosis", "procedure", "lab_result", "vital_sign", "medication",
+                 "imaging_report", "note")
 FHIR_TYPES = {"patient": "Patient", "encounter": "Encounter", "diagnosis": "Condition", "procedure": "Procedure",
               "lab_result": "Observation", "vital_sign": "Observation", "medication": "MedicationRequest",
               "imaging_report": "DiagnosticReport", "note": "DocumentReference"}
@@ -289,12 +291,28 @@ def _all_encounter_ids(landing: Path) -> set[str]:
 
 
 def test_defect_counts_follow_the_configured_rate(region):
-    defects = read_truth(region.truth, "defects")
-    rows = sum(region.rows.values())
-    counts = defects["kind"].value_counts()
-    for kind in ("unparseable_date", "missing_required"):  # applicable to every entity
-        assert 0.6 * RATE * rows < counts[kind] < 1.2 * RATE * rows, (kind, counts[kind], rows)
-    assert counts["exact_duplicate"] > 0.6 * RATE * rows
+    """Each kind is planted on about `RATE` of the rows it can apply to (Poisson tolerance)."""
+    counts = read_truth(region.truth, "defects").groupby("kind").size()
+    rows = region.rows_by_hospital  # hospital -> entity -> rows
+    csv_hospitals, every = ("H01", "H02", "H03", "H04"), ("H01", "H02", "H03", "H04", "H05")
+    applies = {  # kind -> (hospitals, entities) it can be planted in
+        "unparseable_date": (every, set(FIELDS_OF_ALL)),
+        "missing_required": (every, set(FIELDS_OF_ALL)),
+        "impossible_value": (every, {"lab_result", "vital_sign", "patient"}),
+        "unknown_code": (every, {"lab_result", "vital_sign", "medication", "diagnosis", "procedure"}),
+        "orphan": (every, set(FIELDS_OF_ALL) - {"patient", "encounter"}),
+        "exact_duplicate": (every, set(FIELDS_OF_ALL)),
+        "truncated_line": (csv_hospitals, set(FIELDS_OF_ALL)),
+        "invalid_json": (("H05",), set(FIELDS_OF_ALL)),
+        "malformed_segment": (("H04",), {"lab_result"}),
+    }
+    for kind, (hospitals, entities) in applies.items():
+        eligible = sum(n for h in hospitals for e, n in rows.get(h, {}).items() if e in entities
+                       and not (h == "H04" and e == "lab_result" and kind == "truncated_line"))
+        expected = RATE * eligible
+        tolerance = 4 * expected**0.5 + 0.1 * expected + 2  # Poisson noise, and kinds drawn after others
+        assert abs(counts[kind] - expected) <= tolerance, (kind, counts[kind], round(expected))
+    assert counts["wrong_encoding_line"] > 0.5 * RATE * sum(rows[h][e] for h in ("H01", "H02", "H03") for e in rows[h])
     for kind in ("empty_file", "truncated_gzip", "schema_drift"):
         assert counts[kind] == 1
 
