@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -172,3 +175,20 @@ def test_second_run_all_through_the_cli_changes_nothing(spark, region, capsys):
     assert changed == {JOB_RUN.qualified}
     assert len(mlflow.MlflowClient().search_model_versions(
         f"name='{settings.tasks[TASK].model_name}'")) == model_versions
+
+
+def test_spark_submit_runs_a_job_as_the_readme_says(region, tmp_path):
+    """`spark-submit jobs/ingest.py --conf-dir conf --env local` from the venv: Delta comes from the
+    spark-defaults.conf that `make setup` wrote, the code from the same CLI."""
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    root = tmp_path / "submitted"
+    done = subprocess.run([str(venv_bin / "spark-submit"), "--master", "local[1]", "jobs/ingest.py",
+                           "--conf-dir", "conf", "--env", "local", "--root", str(root),
+                           "--landing", str(region.landing)],
+                          cwd=CONF.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "== ingest succeeded" in done.stdout
+    assert (root / "bronze" / "patient" / "_delta_log").is_dir()
+    assert (root / "ops" / "job_run" / "_delta_log").is_dir()
