@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from pyspark.sql import functions as F
+
 from lakehouse import io, pipeline, secrets
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import LakehouseError
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_all = add("run-all", "every stage in order; without --landing, generate the sample first")
     run_all.add_argument("--landing", help="an existing landing folder")
     run_all.add_argument("--force", action="store_true", help=force)
+    add("reconcile", "check every landed file: rows read = landed + quarantined = rows in bronze; exit 1 if not")
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
     return parser
 
@@ -170,6 +173,20 @@ def render_report(report: pipeline.PipelineReport, settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def _reconcile(args, settings: Settings) -> int:
+    from lakehouse.bronze.reconcile import reconcile
+
+    report = reconcile(_spark(settings), settings).cache()
+    totals = report.agg(F.count("*").alias("files"), F.sum(F.col("balanced").cast("int")).alias("balanced"),
+                        F.sum("rows_landed").alias("landed"), F.sum("bronze_rows").alias("bronze")).first()
+    print(f"reconcile: {totals.balanced or 0}/{totals.files} landed files balance; ledger rows landed "
+          f"{totals.landed or 0}, bronze rows {totals.bronze or 0}")
+    for row in report.where(~F.col("balanced")).orderBy("path").limit(20).collect():  # at most 20 lines
+        print(f"  MISMATCH {row.path} batch={row.batch_id}: read={row.rows_read} landed={row.rows_landed} "
+              f"quarantined={row.rows_quarantined} in bronze={row.bronze_rows}")
+    return 0 if totals.files == (totals.balanced or 0) else 1
+
+
 def _init_secrets(args, settings: Settings) -> int:
     file, created = secrets.init_secrets(settings)
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
@@ -184,6 +201,7 @@ COMMANDS: dict[str, Callable] = {
     "train": _train,
     "score": _score,
     "run-all": _run_all,
+    "reconcile": _reconcile,
     "init-secrets": _init_secrets,
 }
 

@@ -11,6 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 from conftest import CONF, TEST_KEYS
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
@@ -192,3 +193,20 @@ def test_spark_submit_runs_a_job_as_the_readme_says(region, tmp_path):
     assert "== ingest succeeded" in done.stdout
     assert (root / "bronze" / "patient" / "_delta_log").is_dir()
     assert (root / "ops" / "job_run" / "_delta_log").is_dir()
+
+
+def test_reconcile_balances_and_names_a_file_that_lost_a_row(spark, region, capsys):
+    root = region.settings.root
+    args = ["reconcile", "--conf-dir", str(CONF), "--root", root]
+    assert main(args) == 0
+    assert "landed files balance" in capsys.readouterr().out
+    vitals = DeltaTable.forPath(spark, BRONZE["vital_sign"].path(root))
+    before = io.latest_version(spark, BRONZE["vital_sign"], root)
+    victim = io.read(spark, BRONZE["vital_sign"], root).select("_source_file").first()[0]
+    vitals.delete((F.col("_source_file") == victim) & (F.col("_source_line") == 2))
+    try:
+        assert main(args) == 1
+        out = capsys.readouterr().out
+        assert f"MISMATCH {victim}" in out
+    finally:
+        vitals.restoreToVersion(before)
