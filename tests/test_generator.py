@@ -401,3 +401,22 @@ def test_reads_as_csv_with_the_standard_library(region):
     path = max(region.landing.glob("H02/*/patient-*.tsv"), key=lambda p: p.stat().st_size)
     rows = list(csv.reader(io.StringIO(path.read_bytes().decode("gb18030", errors="replace")), delimiter="\t"))
     assert rows[0][:2] == ["病案号", "姓名"] and len(rows) > 50
+
+
+def test_truth_gives_the_standard_code_and_value_behind_every_local_one(region):
+    codes = read_truth(region.truth, "codes")
+    assert set(codes["entity"]) == {"diagnosis", "procedure", "medication", "vital_sign"}
+    h02 = codes.query("hospital_id == 'H02' and entity == 'diagnosis'")
+    assert (h02["local_code"] == h02["code"].str.replace(".", "", regex=False)).all()  # E11.9 sent as E119
+    labs = read_truth(region.truth, "lab_values")
+    assert labs["loinc_code"].str.match(r"^\d+-\d$").all() and labs["value"].astype(float).notna().all()
+    # every clean vital-sign row of H01 carries the local code and value the truth says
+    broken = set(read_truth(region.truth, "defects")["record_id"])
+    truth = codes.query("hospital_id == 'H01' and entity == 'vital_sign'").set_index("record_id")
+    path = max(region.landing.glob("H01/*/vital_sign-*.csv"), key=lambda p: p.stat().st_size)
+    column = _contract("H01", "vital_sign")["columns"]
+    rows = list(csv.DictReader(io.StringIO(path.read_text("utf-8", errors="replace"))))
+    clean = [r for r in rows if r[column["vital_id"]] not in broken and r[column["vital_id"]] in truth.index]
+    assert len(clean) > 1000
+    assert all(truth.loc[r[column["vital_id"]], "local_code"] == r[column["measure_code"]]
+               and float(truth.loc[r[column["vital_id"]], "value"]) == float(r[column["value"]]) for r in clean)

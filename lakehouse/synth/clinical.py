@@ -28,6 +28,7 @@ READMISSION_MODEL = {
     "albumin_under_30_g_l": 0.9,
     "hemoglobin_under_100_g_l": 0.6,
     "per_day_of_stay_over_5": 0.18,
+    "male": 0.2,
 }
 MORTALITY_MODEL = {
     "intercept": -6.0,
@@ -42,6 +43,7 @@ MORTALITY_MODEL = {
     "spo2_min_24h_under_92": 1.4,
     "heart_rate_max_24h_over_110": 0.8,
     "emergency_admission": 0.5,
+    "male": 0.3,
 }
 READMISSION_ROUNDS = 3
 # canonical lab and vital tests: (LOINC, canonical unit)
@@ -257,6 +259,9 @@ def _vital_set(rng: np.random.Generator, enc: pd.DataFrame, k) -> dict[str, np.n
 
 
 def _probability(model: dict[str, float], terms: dict[str, np.ndarray]) -> np.ndarray:
+    """The documented model applied term by term; a coefficient without its term is an error, not a zero."""
+    if set(terms) != set(model) - {"intercept"}:
+        raise ValueError(f"model terms {sorted(set(model) - {'intercept'})} != computed terms {sorted(terms)}")
     logit = model["intercept"] + sum(model[name] * np.asarray(value, dtype=float) for name, value in terms.items())
     return 1 / (1 + np.exp(-logit))
 
@@ -274,7 +279,9 @@ def _readmission_terms(enc: pd.DataFrame, los: np.ndarray) -> dict[str, np.ndarr
         "creatinine_over_133_umol_l": enc["creatinine"] > 133,
         "hba1c_over_8_pct": np.nan_to_num(enc["hba1c"].to_numpy()) > 8,
         "albumin_under_30_g_l": enc["albumin"] < 30,
+        "hemoglobin_under_100_g_l": enc["hemoglobin"] < 100,
         "per_day_of_stay_over_5": (los - 5).clip(0),
+        "male": enc["sex"] == "M",
     }
 
 
@@ -291,6 +298,7 @@ def _mortality_terms(enc: pd.DataFrame, emergency: np.ndarray) -> dict[str, np.n
         "spo2_min_24h_under_92": enc["spo2_min_24h"] < 92,
         "heart_rate_max_24h_over_110": enc["heart_rate_max_24h"] > 110,
         "emergency_admission": emergency,
+        "male": enc["sex"] == "M",
     }
 
 

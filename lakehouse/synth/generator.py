@@ -178,6 +178,7 @@ def _block(config: GeneratorConfig, block: int, out: Path) -> tuple[dict[tuple[s
         hid, dialect = hospital_id(h), config.dialect(h)
         tables = _hospital_tables(rng, clinical, records, hid, dialect, config, block)
         truth.setdefault("lab_values", []).append(tables.pop("_lab_values"))
+        truth.setdefault("codes", []).append(tables.pop("_codes"))
         truth.setdefault("resends", []).append(tables.pop("_resends"))
         for entity, (frame, days, extra) in tables.items():
             rows[(hid, entity)] = rows.get((hid, entity), 0) + len(frame)
@@ -297,6 +298,7 @@ def _hospital_tables(
     )
     tables.update(_event_tables(clinical, enc, records, dialect, t, hl7_time))
     lab_values = tables.pop("_lab_values").assign(hospital_id=hid)
+    codes = tables.pop("_codes").assign(hospital_id=hid)
     resends = []
     for entity in RESENT_ENTITIES:
         frame, times, extra = tables[entity]
@@ -318,6 +320,7 @@ def _hospital_tables(
     for entity, (frame, times, extra) in tables.items():
         out[entity] = (frame.reset_index(drop=True), file_days(times, config), extra)
     out["_lab_values"] = lab_values.drop(columns=["factor"]).assign(block=block)
+    out["_codes"] = codes
     out["_resends"] = resend_frame.assign(hospital_id=hid)
     return out
 
@@ -389,6 +392,14 @@ def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, 
         drug_name=mlocal.map(lambda c: c.name), dose=drug.map(lambda d: str(d[2])), dose_unit=drug.map(lambda d: d[3]),
         route=drug.map(lambda d: d[4]), frequency=drug.map(lambda d: d[5]), start_time=t(meds["start"]),
         end_time=t(meds["end"]), status=dialect.status[0])
+    tables["_codes"] = pd.concat([
+        _codes("diagnosis", tables["diagnosis"][0], "icd_code", "ICD10", dx["code"]),
+        _codes("procedure", tables["procedure"][0], "procedure_code", "ICD9CM3", pr["code"]),
+        _codes("medication", tables["medication"][0], "drug_code", "ATC", meds["drug"].map(lambda d: DRUGS[d][0])),
+        _codes("vital_sign", tables["vital_sign"][0], "measure_code", "LOINC",
+               vitals["measure"].map(lambda m: VITALS[m][0]), vitals["value"],
+               vitals["measure"].map(lambda m: VITALS[m][1])),
+    ], ignore_index=True)
     im = of(clinical.imaging)
     tables["imaging_report"] = rows("imaging_report", im, "-R1", im["time"], modality=im["modality"],
                                     body_part=im["body_part"], report_text=im["text"], report_time=t(im["time"]))
@@ -396,6 +407,15 @@ def _event_tables(clinical: Clinical, enc: pd.DataFrame, records: pd.DataFrame, 
     tables["note"] = rows("note", notes, "-N1", notes["time"], note_type="出院小结", note_text=notes["text"],
                           note_time=t(notes["time"]))
     return tables
+
+
+def _codes(entity: str, frame: pd.DataFrame, code_field: str, system: str, codes, values=None, units=None):
+    """Truth: the standard code (and canonical value and unit) behind each record's local code."""
+    return pd.DataFrame({
+        "entity": entity, "record_id": frame[ID_FIELDS[entity]].to_numpy(),
+        "local_code": frame[code_field].to_numpy(), "system": system, "code": np.asarray(codes),
+        "value": np.asarray(values) if values is not None else np.nan,
+        "unit": np.asarray(units) if units is not None else ""})
 
 
 def _hl7_context(enc: pd.DataFrame, labs: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:

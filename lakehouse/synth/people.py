@@ -131,7 +131,9 @@ def registrations(rng: np.random.Generator, persons: pd.DataFrame, noise_rate: f
     n = len(records)
     noisy = ~records["primary"].to_numpy()
     kinds = {kind: noisy & (rng.random(n) < noise_rate) for kind in NOISE_KINDS}
-    records["name"] = np.where(kinds["name_typo"], records["name"].map(_homophone), records["name"])
+    slip = rng.random(n) < 0.4  # a typing slip (given-name characters transposed) rather than a homophone
+    typo = [_transposed(name) if s else _homophone(name) for name, s in zip(records["name"], slip, strict=True)]
+    records["name"] = np.where(kinds["name_typo"], typo, records["name"])
     mistyped = records["national_id"].map(_mistype_digit)
     records["national_id"] = np.where(kinds["id_missing"], "",
                                       np.where(kinds["id_mistyped"], mistyped, records["national_id"]))
@@ -147,6 +149,13 @@ def registrations(rng: np.random.Generator, persons: pd.DataFrame, noise_rate: f
     records["phone"] = np.where(kinds["phone_changed"], new_phone, records["phone"])
     records["noise"] = [",".join(k for k in NOISE_KINDS if kinds[k][i]) for i in range(n)] if n else []
     return records
+
+
+def _transposed(name: str) -> str:
+    """王小明 -> 王明小; a two-character name falls back to a homophone."""
+    if len(name) == 3 and name[1] != name[2]:
+        return name[0] + name[2] + name[1]
+    return _homophone(name)
 
 
 def _homophone(name: str) -> str:
