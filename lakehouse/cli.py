@@ -100,11 +100,11 @@ GENERATOR_OPTIONS = ("hospitals", "patients", "days", "seed", "workers", "block_
                      "identity_noise_rate", "hard_negative_share", "defect_rate", "resend_rate")
 
 
-def _generate(args, settings: Settings) -> int:
-    options = {name: getattr(args, name, None) for name in GENERATOR_OPTIONS}
-    if getattr(args, "dialects", None):
+def _generate(args, settings: Settings, demo: bool = False) -> int:
+    options = {name: getattr(args, name) for name in GENERATOR_OPTIONS}
+    if args.dialects:
         options["dialects"] = tuple(d.strip() for d in args.dialects.split(","))
-    result = pipeline.run_generate(settings, args.out, args.overwrite, getattr(args, "demo", False), **options)
+    result = pipeline.run_generate(settings, args.out, args.overwrite, demo, **options)
     print(f"generated {result.files} files for {', '.join(result.hospitals)} in {result.landing}")
     print("rows: " + ", ".join(f"{k}={v}" for k, v in result.rows.items()) + f"; ground truth in {result.truth}")
     print("planted defects: " + ", ".join(f"{k}={v}" for k, v in result.defects.items()))
@@ -145,7 +145,7 @@ def _run_all(args, settings: Settings) -> int:
     if args.landing is None:
         demo_landing = f"{settings.path(settings.main.demo.out)}/landing"
         if not os.path.isdir(demo_landing):
-            _generate(argparse.Namespace(out=None, overwrite=False, demo=True), settings)
+            _generate(build_parser().parse_args(["generate"]), settings, demo=True)
         landing = demo_landing
     else:
         landing = pipeline.check_landing(settings, args.landing)

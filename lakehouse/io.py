@@ -21,10 +21,6 @@ class Written:
     rows: int
 
 
-def location(ref: TableRef, root: str) -> str:
-    return ref.path(root)
-
-
 def exists(spark: SparkSession, ref: TableRef, root: str) -> bool:
     return DeltaTable.isDeltaTable(spark, ref.path(root))
 
@@ -58,14 +54,17 @@ def register(spark: SparkSession, ref: TableRef, root: str) -> None:
     spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.qualified} USING DELTA LOCATION '{ref.path(root)}'")
 
 
+def hadoop_path(spark: SparkSession, path: str):
+    """(FileSystem, Path) of Hadoop for any URI the session understands: the only URI-neutral lister."""
+    jvm_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)  # noqa: SLF001
+    return jvm_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jvm_path  # noqa: SLF001
+
+
 def register_all(spark: SparkSession, root: str) -> list[TableRef]:
     """Register every Delta table found under the root, so `spark.table("silver.encounter")` works."""
-    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop's FileSystem is the only URI-neutral lister
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
     registered = []
     for layer in LAYERS:
-        layer_path = jvm.org.apache.hadoop.fs.Path(f"{root.rstrip('/')}/{layer}")
-        fs = layer_path.getFileSystem(hadoop_conf)
+        fs, layer_path = hadoop_path(spark, f"{root.rstrip('/')}/{layer}")
         if not fs.exists(layer_path):
             continue
         for status in fs.listStatus(layer_path):

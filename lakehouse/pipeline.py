@@ -23,22 +23,14 @@ from lakehouse.silver.refine import OUTPUTS as REFINE_OUTPUTS
 from lakehouse.silver.refine import refine, refine_inputs
 from lakehouse.synth.generator import GenerateResult, GeneratorConfig, generate
 
-STAGES = ("ingest", "refine", "build", "train", "score")
-
 
 @dataclass
 class PipelineReport:
-    """What a run-all did: every table written (latest state) and every model trained."""
+    """What a run-all did: every table (latest state), every model trained, the champions."""
 
     tables: dict[str, Written] = field(default_factory=dict)
     models: list[TrainResult] = field(default_factory=list)
-    runs: list[str] = field(default_factory=list)
     champions: dict = field(default_factory=dict)
-
-    def add(self, run: JobRun) -> None:
-        self.runs.append(f"{run.job}:{run.run_id}")
-        for written in run.outputs:
-            self.tables[written.table] = written
 
 
 def check_landing(settings: Settings, landing: str | None, flag: str = "--landing") -> str:
@@ -67,19 +59,18 @@ def run_generate(settings: Settings, out: str | None = None, overwrite: bool = F
     return generate(settings.path(out or settings.main.demo.out), overwrite=overwrite, **params)
 
 
-def run_ingest(spark: SparkSession, settings: Settings, landing: str, report: PipelineReport | None = None) -> JobRun:
+def run_ingest(spark: SparkSession, settings: Settings, landing: str) -> JobRun:
     """Bronze: idempotent per file, so it needs no skip rule of its own."""
     with JobRun(spark, settings, "ingest") as run:
         outputs, counts = ingest(spark, settings, landing, run.run_id)
         for written in outputs:
             run.wrote(written)
         run.note(", ".join(f"{k}={v}" for k, v in counts.items()))
-    _report(report, run)
     return run
 
 
 def _stage(spark: SparkSession, settings: Settings, job: str, inputs: list[Written], outputs: list[TableRef],
-           work: Callable[[], list[Written]], force: bool, report: PipelineReport | None) -> JobRun:
+           work: Callable[[], list[Written]], force: bool) -> JobRun:
     """Run `work` unless the job's inputs and config are unchanged since its last success."""
     with JobRun(spark, settings, job) as run:
         for written in inputs:
@@ -91,25 +82,22 @@ def _stage(spark: SparkSession, settings: Settings, job: str, inputs: list[Writt
             written_now = work()
         for written in written_now:
             run.wrote(written)
-    _report(report, run)
     return run
 
 
-def run_refine(spark: SparkSession, settings: Settings, force: bool = False,
-               report: PipelineReport | None = None) -> JobRun:
+def run_refine(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
     key, vault_key = secrets.pseudonym_key(settings), secrets.vault_key(settings)
     return _stage(spark, settings, "refine", refine_inputs(spark, settings), list(REFINE_OUTPUTS),
-                  lambda: refine(spark, settings, key, vault_key), force, report)
+                  lambda: refine(spark, settings, key, vault_key), force)
 
 
-def run_build(spark: SparkSession, settings: Settings, force: bool = False,
-              report: PipelineReport | None = None) -> JobRun:
+def run_build(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
     return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings),
-                  lambda: build(spark, settings), force, report)
+                  lambda: build(spark, settings), force)
 
 
-def run_train(spark: SparkSession, settings: Settings, task: str | None = None, force: bool = False,
-              report: PipelineReport | None = None) -> list[TrainResult]:
+def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
+              force: bool = False) -> list[TrainResult]:
     results = []
     for spec in _tasks(settings, task):
         source = train_inputs(spark, settings, spec)
@@ -122,26 +110,22 @@ def run_train(spark: SparkSession, settings: Settings, task: str | None = None, 
             run.note(f"mlflow run {result.run_id}; {result.model_name} v{result.version}; "
                      f"test_auroc={result.metrics['test_auroc']:.3f}; {result.decision}")
         results.append(result)
-        if report is not None:
-            report.models.append(result)
-        _report(report, run)
     return results
 
 
-def run_score(spark: SparkSession, settings: Settings, task: str | None = None, force: bool = False,
-              report: PipelineReport | None = None) -> list[JobRun]:
+def run_score(spark: SparkSession, settings: Settings, task: str | None = None, force: bool = False) -> list[JobRun]:
     return [_stage(spark, settings, f"score:{spec.name}", score_inputs(spark, settings, spec),
-                   [predictions_table(spec.name)], lambda spec=spec: [score(spark, settings, spec)], force, report)
+                   [predictions_table(spec.name)], lambda spec=spec: [score(spark, settings, spec)], force)
             for spec in _tasks(settings, task)]
 
 
 def run_all(spark: SparkSession, settings: Settings, landing: str, force: bool = False) -> PipelineReport:
     report = PipelineReport()
-    run_ingest(spark, settings, landing, report)
-    run_refine(spark, settings, force, report)
-    run_build(spark, settings, force, report)
-    run_train(spark, settings, None, force, report)
-    run_score(spark, settings, None, force, report)
+    run_ingest(spark, settings, landing)
+    run_refine(spark, settings, force)
+    run_build(spark, settings, force)
+    report.models = run_train(spark, settings, None, force)
+    run_score(spark, settings, None, force)
     tables = io.register_all(spark, settings.root)
     report.tables = {ref.qualified: io.describe(spark, ref, settings.root) for ref in tables}
     report.champions = {spec.model_name: current(settings, spec) for spec in settings.tasks.values()}
@@ -154,8 +138,3 @@ def _tasks(settings: Settings, task: str | None):
     if not settings.tasks:
         raise LakehouseError(f"no prediction tasks configured under {settings.conf_dir / 'tasks'}")
     return list(settings.tasks.values())
-
-
-def _report(report: PipelineReport | None, run: JobRun) -> None:
-    if report is not None:
-        report.add(run)

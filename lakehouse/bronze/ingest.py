@@ -42,9 +42,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 def list_files(spark: SparkSession, landing: str) -> list[tuple[str, int]]:
     """Every file under the landing folder with its size, empty ones included (Spark's file sources skip
     zero-byte files, so the listing asks Hadoop's FileSystem directly: one entry per file, never per row)."""
-    jvm = spark.sparkContext._jvm  # noqa: SLF001
-    root = jvm.org.apache.hadoop.fs.Path(landing)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+    fs, root = io.hadoop_path(spark, landing)
     found, listing = [], fs.listFiles(root, True)
     while listing.hasNext():
         status = listing.next()

@@ -65,9 +65,9 @@ def fit(train: DataFrame, task: TaskSpec):
     return pipeline.fit(train.withColumn("label", F.col("label").cast("double")))
 
 
-def evaluate(model, test: DataFrame) -> tuple[dict[str, float], DataFrame]:
+def evaluate(model, test: DataFrame) -> dict[str, float]:
     scored = model.transform(test.withColumn("label", F.col("label").cast("double")))
-    scored = scored.withColumn("p", vector_to_array("probability")[1])
+    scored = scored.withColumn("p", vector_to_array("probability")[1]).cache()  # three metric passes below
     metrics = {}
     for name, metric in (("test_auroc", "areaUnderROC"), ("test_auprc", "areaUnderPR")):
         metrics[name] = BinaryClassificationEvaluator(rawPredictionCol="probability", labelCol="label",
@@ -75,7 +75,8 @@ def evaluate(model, test: DataFrame) -> tuple[dict[str, float], DataFrame]:
     row = scored.agg(F.avg((F.col("p") - F.col("label")) ** 2).alias("brier"), F.count("*").alias("n"),
                      F.sum("label").alias("positives")).first()
     metrics.update(test_brier=row.brier, n_test=float(row.n), test_positives=float(row.positives))
-    return metrics, scored
+    scored.unpersist()
+    return metrics
 
 
 def pyfunc_config(model, task: TaskSpec) -> dict:
@@ -107,7 +108,7 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
                            "test_fraction": task.test_fraction, "features": ",".join(task.features)})
         mlflow.log_dict(task.model_dump(), "task.json")
         model = fit(train_df, task)
-        metrics, _ = evaluate(model, test_df)
+        metrics = evaluate(model, test_df)
         metrics["n_train"] = float(train_df.count())
         mlflow.log_metrics(metrics)
         example = test_df.select(*task.features).limit(5).toPandas()  # five rows, for the signature

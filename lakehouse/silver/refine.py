@@ -76,12 +76,18 @@ def encounter_key(key: bytes) -> Column:
     return keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id")).alias("encounter_key")
 
 
-def standardize_persons(bronze: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
-    """One row per hospital patient record. person_key: the valid national ID when present (the
-    deterministic EMPI rule), else the record's own key; probabilistic linkage comes with EMPI."""
+def latest_patients(bronze: DataFrame, settings: Settings) -> DataFrame:
+    """The latest version of every (hospital, MRN), with its parsed update time as `_updated`.
+
+    Computed once per refine and shared by silver.person and vault.identity."""
     updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), _formats(settings, "patient"))
+    return latest_per_key(bronze, ["_hospital_id", "mrn"], updated).withColumn("_updated", updated)
+
+
+def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    """One row per hospital patient record (from latest_patients). person_key: the valid national ID when
+    present (the deterministic EMPI rule), else the record's own key; probabilistic linkage comes with EMPI."""
     birth = parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
-    latest = latest_per_key(bronze, ["_hospital_id", "mrn"], updated)
     valid_id = national_id_is_valid(F.col("national_id"))
     own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
     return (latest
@@ -94,14 +100,12 @@ def standardize_persons(bronze: DataFrame, sex_vocab: DataFrame, key: bytes, set
                     F.coalesce(F.col("sex_vocab.sex"), F.lit("unknown")).alias("sex"),
                     F.year(birth).alias("birth_year"),
                     valid_id.alias("has_national_id"),
-                    updated.alias("updated_at"),
+                    F.col("_updated").alias("updated_at"),
                     *_lineage()))
 
 
-def identity_rows(bronze: DataFrame, key: bytes, settings: Settings, vault_key: bytes) -> DataFrame:
-    """Direct identifiers, encrypted column by column with AES-GCM (random IV per value)."""
-    updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), _formats(settings, "patient"))
-    latest = latest_per_key(bronze, ["_hospital_id", "mrn"], updated)
+def identity_rows(latest: DataFrame, key: bytes, vault_key: bytes) -> DataFrame:
+    """Direct identifiers of latest_patients, encrypted column by column with AES-GCM (random IV per value)."""
     secret = F.lit(vault_key)
 
     def enc(column: str) -> Column:
@@ -110,7 +114,7 @@ def identity_rows(bronze: DataFrame, key: bytes, settings: Settings, vault_key: 
     return latest.select(patient_key(key, F.col("_hospital_id"), F.col("mrn")).alias("patient_key"),
                          F.col("_hospital_id").alias("hospital_id"),
                          enc("mrn"), enc("name"), enc("national_id"), enc("birth_date"), enc("phone"), enc("address"),
-                         updated.alias("updated_at"))
+                         F.col("_updated").alias("updated_at"))
 
 
 def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFrame, key: bytes,
@@ -193,11 +197,12 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     root = settings.root
     version = vocab.version(settings.vocab_dir)
     bronze = {e: io.read_or_empty(spark, ref, root) for e, ref in BRONZE.items()}
-    persons = standardize_persons(bronze["patient"], vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab"),
-                                  key, settings)
-    outputs = [io.merge(spark, persons, PERSON, root, update_when=UPDATE_WHEN_NEWER),
-               io.merge(spark, identity_rows(bronze["patient"], key, settings, vault_key), IDENTITY, root,
-                        update_when=UPDATE_WHEN_NEWER)]
+    patients = latest_patients(bronze["patient"], settings).persist()  # read by two merges
+    sex = vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab")
+    outputs = [io.merge(spark, standardize_persons(patients, sex, key, settings), PERSON, root,
+                        update_when=UPDATE_WHEN_NEWER),
+               io.merge(spark, identity_rows(patients, key, vault_key), IDENTITY, root, update_when=UPDATE_WHEN_NEWER)]
+    patients.unpersist()
     people = io.read(spark, PERSON, root)
     tables: list[tuple[DataFrame, TableRef]] = [
         (standardize_encounters(bronze["encounter"], people, vocab.load(spark, settings.vocab_dir, "encounter_types"),

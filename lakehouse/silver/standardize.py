@@ -62,8 +62,3 @@ def normalize_icd10(col: Column) -> Column:
     head, tail = F.substring(compact, 1, 3), F.substring(compact, 4, 1)
     return F.when(compact.rlike(r"^[A-Z][0-9]{2}[0-9A-Z]*$"),
                   F.when(tail == "", head).otherwise(F.concat(head, F.lit("."), tail)))
-
-
-def latest_first(*order: Column):
-    """Ordering that puts the winning version of a record first: latest update, then latest ingest."""
-    return [c.desc_nulls_last() for c in order]

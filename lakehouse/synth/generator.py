@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import gzip
 import json
 import math
 import shutil
@@ -30,7 +29,7 @@ from lakehouse.errors import UsageError
 from lakehouse.synth import defects as D
 from lakehouse.synth.clinical import DEPARTMENTS, DRUGS, LABS, REFERENCE, VITALS, Clinical, draw_clinical
 from lakehouse.synth.dialects import DIALECTS, FIELDS, ID_FIELDS, Dialect, dialect_for, hospital_id
-from lakehouse.synth.people import draw_persons, pinyin, registrations, valid_national_id  # noqa: F401
+from lakehouse.synth.people import draw_persons, pinyin, registrations
 from lakehouse.synth.render import fhir_resource, format_times, write_csv, write_hl7, write_ndjson
 
 BYTES_PER_PERSON = 40_000  # upper bound of landing + truth bytes per person, measured at the defaults (README)
@@ -628,13 +627,3 @@ def read_truth(truth: Path, table: str) -> pd.DataFrame:
         [pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted((truth / table).glob("*.csv"))],
         ignore_index=True,
     )
-
-
-def gunzip_ok(path: Path) -> bool:
-    try:
-        with gzip.open(path) as handle:
-            while handle.read(1 << 20):
-                pass
-        return True
-    except (OSError, EOFError):
-        return False

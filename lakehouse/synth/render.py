@@ -24,9 +24,6 @@ SEGMENT_END = "\r\n"
 DRIFT_COLUMN = {"en": "remark", "zh": "备注", "abbr": "RMK_TXT"}
 FREE_TEXT = {"name", "address", "department", "ward", "diagnosis_name", "procedure_name", "test_name", "measure_name",
              "drug_name", "report_text", "note_text", "body_part", "reference_range"}
-RESOURCE = {"patient": "Patient", "encounter": "Encounter", "diagnosis": "Condition", "procedure": "Procedure",
-            "lab_result": "Observation", "vital_sign": "Observation", "medication": "MedicationRequest",
-            "imaging_report": "DiagnosticReport", "note": "DocumentReference"}
 
 
 # strftime formats rendered from numpy's ISO text ("2025-01-02T03:04:05") with vectorized string edits
