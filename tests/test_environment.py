@@ -12,7 +12,7 @@ from conftest import CONF
 from lakehouse import jars, secrets
 from lakehouse.cli import main
 from lakehouse.config import load_settings
-from lakehouse.errors import EnvironmentProblem
+from lakehouse.errors import ConfigError, EnvironmentProblem
 from lakehouse.spark import check_java
 
 
@@ -62,3 +62,17 @@ def test_help_explains_every_subcommand():
         assert command in done.stdout
     sub = subprocess.run([sys.executable, "-m", "lakehouse.cli", "ingest", "--help"], capture_output=True, text=True)
     assert "--conf-dir" in sub.stdout and "--root" in sub.stdout and "--landing" in sub.stdout
+
+
+def test_mlflow_defaults_to_sqlite_under_the_root_and_the_environment_wins(monkeypatch, tmp_path):
+    from lakehouse.ml.tracking import tracking_uri
+
+    settings = load_settings(CONF, "local", str(tmp_path / "root"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(settings) == f"sqlite:///{tmp_path / 'root'}/mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(settings) == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    remote = load_settings(CONF, "local", "s3a://bucket/lakehouse")
+    with pytest.raises(ConfigError, match="point MLflow at a tracking server"):
+        tracking_uri(remote)
