@@ -99,8 +99,8 @@ INGEST_LEDGER = TableRef(
     "ops", "ingest_ledger",
     "path STRING, size BIGINT, sha256 STRING, hospital_id STRING, entity STRING, batch_id STRING, "
     "rows_read BIGINT, rows_landed BIGINT, rows_quarantined BIGINT, status STRING, reason STRING, "
-    "ingested_at TIMESTAMP",
-    keys=("path", "sha256"), description="one row per landed file: proves nothing was lost",
+    "ingested_at TIMESTAMP, modified_at TIMESTAMP",
+    keys=("path", "sha256"), description="one row per file version seen in landing: proves nothing was lost",
 )
 QUARANTINE = TableRef(
     "ops", "quarantine",

@@ -88,16 +88,38 @@ Entity = Literal["patient", "encounter", "diagnosis", "procedure", "lab_result",
                  "imaging_report", "note"]
 
 
+HL7_FIELD = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})-(?P<field>[1-9]\d*)(\[(?P<repeat>[1-9]\d*)\])?"
+                       r"(\.(?P<component>[1-9]\d*))?(\.(?P<subcomponent>[1-9]\d*))?$")
+JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][\w-]*(\[\d+\])*)+$")
+NOT_SENT = ""  # a column mapped to "" is one this hospital does not send: null in bronze
+
+
 class EntitySource(Strict):
+    """How one entity arrives from one hospital. `columns` maps each bronze column to where the value is:
+    a column name (csv), a JSONPath such as `$.subject.reference` (jsonl, fhir_ndjson), or an HL7 field
+    reference SEG-field[repetition].component.subcomponent such as `PID-3[2].1` (hl7v2)."""
+
     pattern: str = Field(description="glob of file names under <landing>/<hospital>/<day>/")
-    format: Literal["csv"] = "csv"
+    format: Literal["csv", "jsonl", "hl7v2", "fhir_ndjson"] = "csv"
     encoding: str = "UTF-8"
     delimiter: str = ","
     header: bool = True
     compression: Literal["none", "gzip"] = Field("none", description="gzip files are read by their .gz suffix")
     timestamp_format: str = Field("yyyy-MM-dd HH:mm:ss", description="a Spark datetime pattern, or epoch_ms")
     date_format: str = "yyyy-MM-dd"
-    columns: dict[str, str] = Field(description="bronze column -> the hospital's column name")
+    resource_type: str | None = Field(None, description="fhir_ndjson: the resourceType routed to this entity")
+    match: dict[str, str] = Field(default_factory=dict,
+                                  description="fhir_ndjson/jsonl: JSONPath -> value a record must have to be routed here")
+    segment: str = Field("OBX", pattern=r"^[A-Z][A-Z0-9]{2}$",
+                         description="hl7v2: the segment that gives one bronze row per occurrence")
+    required: list[str] = Field(default_factory=list,
+                                description="bronze columns whose field must be present in the record, else it is "
+                                            "quarantined as malformed (an empty value is present)")
+    columns: dict[str, str] = Field(description='bronze column -> the column name, JSONPath or HL7 field ("" = not sent)')
+
+    def sent(self) -> dict[str, str]:
+        """The mapped columns this hospital really sends."""
+        return {bronze: where for bronze, where in self.columns.items() if where != NOT_SENT}
 
     @field_validator("encoding")
     @classmethod
@@ -117,10 +139,21 @@ class EntitySource(Strict):
             raise ValueError(f"delimiter must be one character, got {value!r}")
         return value
 
+    @field_validator("match")
+    @classmethod
+    def _json_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for path in value:
+            if not JSON_PATH.match(path):
+                raise ValueError(f"not a JSONPath of the supported form $.a.b[0].c: {path!r}")
+        return value
+
 
 class SourceContract(Strict):
     hospital_id: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,15}$")
     name: str
+    quarantine_threshold: float = Field(0.05, ge=0, le=1,
+                                        description="share of a run's rows read that may be quarantined; "
+                                                    "more fails the ingest run (after landing everything)")
     entities: dict[Entity, EntitySource]
 
 
@@ -290,17 +323,48 @@ def _load_dir(folder: Path, model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _check_columns(file: str, contract: SourceContract) -> None:
+    """Every bronze column mapped, and each mapping written the way its format reads it."""
     from lakehouse.catalog import BRONZE_COLUMNS
 
     for entity, source in contract.entities.items():
         known = BRONZE_COLUMNS[entity]
-        for column in source.columns:
+        key = f"entities.{entity}"
+        for column, where in source.columns.items():
             if column not in known:
-                raise ConfigError(file, f"entities.{entity}.columns.{column}",
-                                  f"not a bronze column of {entity}; known: {list(known)}")
+                raise ConfigError(file, f"{key}.columns.{column}", f"not a bronze column of {entity}; known: {list(known)}")
+            if where == NOT_SENT:
+                if column in source.required:
+                    raise ConfigError(file, f"{key}.columns.{column}", "a required column must be mapped")
+                continue
+            if source.format == "hl7v2" and not HL7_FIELD.match(where):
+                raise ConfigError(file, f"{key}.columns.{column}",
+                                  f"{where!r} is not an HL7 field reference like PID-3[2].1 or OBX-5")
+            if source.format in ("jsonl", "fhir_ndjson") and not JSON_PATH.match(where):
+                raise ConfigError(file, f"{key}.columns.{column}",
+                                  f"{where!r} is not a JSONPath of the supported form $.a.b[0].c")
         missing = [c for c in known if c not in source.columns]
         if missing:
-            raise ConfigError(file, f"entities.{entity}.columns", f"missing mapping for {missing}")
+            raise ConfigError(file, f"{key}.columns", f"missing mapping for {missing}")
+        for i, column in enumerate(source.required):
+            if column not in known:
+                raise ConfigError(file, f"{key}.required.{i}", f"not a bronze column of {entity}")
+        if source.format == "fhir_ndjson" and not source.resource_type:
+            raise ConfigError(file, f"{key}.resource_type", "required for format fhir_ndjson")
+        if source.format != "fhir_ndjson" and source.resource_type:
+            raise ConfigError(file, f"{key}.resource_type", "only format fhir_ndjson routes by resourceType")
+        if source.format != "csv" and source.encoding.replace("-", "").upper() != "UTF8":
+            raise ConfigError(file, f"{key}.encoding", f"{source.format} files are read as UTF-8 only")
+        if source.format == "csv" and source.required:
+            raise ConfigError(file, f"{key}.required", "csv records are checked by their column count instead")
+    by_pattern: dict[str, list[str]] = {}
+    for entity, source in contract.entities.items():
+        by_pattern.setdefault(source.pattern, []).append(entity)
+    for pattern, entities in by_pattern.items():
+        formats = {contract.entities[e].format for e in entities}
+        if len(entities) > 1 and formats != {"fhir_ndjson"}:
+            raise ConfigError(file, f"entities.{entities[1]}.pattern",
+                              f"{pattern!r} is also the pattern of {entities[0]}: only fhir_ndjson entities may "
+                              f"share files (their records are routed by resourceType)")
 
 
 def _check_task_features(folder: Path, tasks: dict[str, TaskSpec]) -> None:

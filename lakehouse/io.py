@@ -50,6 +50,8 @@ def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
 
 
 def register(spark: SparkSession, ref: TableRef, root: str) -> None:
+    if spark.catalog.tableExists(ref.qualified):
+        return
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {ref.layer}")
     spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.qualified} USING DELTA LOCATION '{ref.path(root)}'")
 
@@ -81,8 +83,9 @@ def _finish(spark: SparkSession, ref: TableRef, root: str) -> Written:
     return describe(spark, ref, root)
 
 
-def append(spark: SparkSession, df: DataFrame, ref: TableRef, root: str) -> Written:
-    df.write.format("delta").mode("append").option("mergeSchema", "false").save(ref.path(root))
+def append(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, merge_schema: bool = False) -> Written:
+    """Append in one commit; `merge_schema` lets a table made by an older release gain new columns."""
+    df.write.format("delta").mode("append").option("mergeSchema", str(merge_schema).lower()).save(ref.path(root))
     return _finish(spark, ref, root)
 
 

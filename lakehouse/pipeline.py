@@ -62,10 +62,12 @@ def run_generate(settings: Settings, out: str | None = None, overwrite: bool = F
 def run_ingest(spark: SparkSession, settings: Settings, landing: str) -> JobRun:
     """Bronze: idempotent per file, so it needs no skip rule of its own."""
     with JobRun(spark, settings, "ingest") as run:
-        outputs, counts = ingest(spark, settings, landing, run.run_id)
-        for written in outputs:
+        result = ingest(spark, settings, landing, run.run_id)
+        for written in result.written:
             run.wrote(written)
-        run.note(", ".join(f"{k}={v}" for k, v in counts.items()))
+        run.note(result.summary())
+        if result.error is not None:  # logged as a failed run with what it wrote, then the CLI's exit code
+            raise result.error
     return run
 
 

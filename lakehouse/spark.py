@@ -53,6 +53,9 @@ def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> Spar
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         # Spark 4 accepts only UTF/ISO charsets unless told to use any Java charset (GB18030, GBK)
         "spark.sql.legacy.javaCharsets": "true",
+        # reading a list of files (ingest reads each new file by name) lists them on the driver instead of
+        # a Spark job of one task per path: 67 files hashed in 0.8 s instead of 5 s on the test machine
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "10000",
     }
     if not launched_by_spark_submit():
         jar_cache = Path(settings.path(settings.main.jar_cache))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -152,13 +153,18 @@ def test_every_planted_defect_is_at_its_file_and_line(region):
     defects = read_truth(region.truth, "defects")
     assert set(defects["kind"]) >= {"exact_duplicate", "truncated_line", "wrong_encoding_line", "invalid_json",
                                     "malformed_segment", "unparseable_date", "impossible_value", "unknown_code",
-                                    "missing_required", "orphan", "empty_file", "truncated_gzip", "schema_drift"}
+                                    "missing_required", "orphan", "empty_file", "truncated_gzip", "schema_drift",
+                                    "unmatched_file"}
     encounters = _all_encounter_ids(region.landing)
     checked = 0
     for row in defects.itertuples():
         path, line, hospital = region.landing / row.file, int(row.line), row.hospital_id
         if row.kind == "empty_file":
             assert path.stat().st_size == 0
+            continue
+        if row.kind == "unmatched_file":
+            contract = yaml.safe_load((CONF / "sources" / f"{hospital.lower()}.yaml").read_text(encoding="utf-8"))
+            assert not any(fnmatch.fnmatch(path.name, e["pattern"]) for e in contract["entities"].values())
             continue
         if row.kind == "truncated_gzip":
             with pytest.raises((EOFError, OSError)):
@@ -313,7 +319,7 @@ def test_defect_counts_follow_the_configured_rate(region):
         tolerance = 4 * expected**0.5 + 0.1 * expected + 2  # Poisson noise, and kinds drawn after others
         assert abs(counts[kind] - expected) <= tolerance, (kind, counts[kind], round(expected))
     assert counts["wrong_encoding_line"] > 0.5 * RATE * sum(rows[h][e] for h in ("H01", "H02", "H03") for e in rows[h])
-    for kind in ("empty_file", "truncated_gzip", "schema_drift"):
+    for kind in ("empty_file", "truncated_gzip", "schema_drift", "unmatched_file"):
         assert counts[kind] == 1
 
 

@@ -1,217 +1,386 @@
 """Bronze: land each hospital's files as received (strings) with lineage, once per file version.
 
-The landing folder is organised `<landing>/<hospital_id>/<day>/<file>`. Each file is matched to an
-entity by its hospital's source contract, fingerprinted (sha256, computed on the executors), and
-skipped when the ledger already holds the same path and checksum. New files are read with the
-contract's encoding and delimiter, their columns renamed to bronze names (unmapped columns are kept
-in `_extra`), and appended; `ops.ingest_ledger` gets one row per file.
+The landing folder is organised `<landing>/<hospital_id>/<day>/<file>`. Each file is matched to its
+entities by the hospital's source contract and fingerprinted; a file the ledger already holds (same
+path, size and modification time, or same path and sha256) is skipped, so a re-run writes nothing
+and a new day costs what its files cost. New files are parsed by their format's reader; good
+records are appended to `bronze.<entity>`, bad ones to `ops.quarantine` with the reason, file and
+line, and `ops.ingest_ledger` gets one row per file. Before the run ends it reads back what it wrote
+and checks, file by file, rows read = rows landed + rows quarantined.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import hashlib
 from dataclasses import dataclass
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import io
-from lakehouse.catalog import BRONZE, BRONZE_COLUMNS, INGEST_LEDGER, SOURCE_SYSTEM
-from lakehouse.config import EntitySource, Settings
+from lakehouse.bronze import readers
+from lakehouse.catalog import BRONZE, BRONZE_COLUMNS, INGEST_LEDGER, QUARANTINE, SOURCE_SYSTEM
+from lakehouse.config import Settings
+from lakehouse.errors import LakehouseError
 from lakehouse.io import Written
 
-BOM = "\ufeff"
-LANDED, SKIPPED, UNMATCHED, FAILED = "landed", "skipped", "unmatched", "failed"
+LANDED, UNMATCHED, FAILED, UNBALANCED = "landed", "unmatched", "failed", "unbalanced"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class QuarantineThresholdExceeded(LakehouseError):
+    """More of a hospital's rows went to quarantine than its contract allows (everything is still landed)."""
+
+    exit_code = 3
+
+
+class ReconciliationError(LakehouseError):
+    """What the run wrote does not add up to what it read."""
+
+    exit_code = 4
 
 
 @dataclass(frozen=True)
 class LandingFile:
     path: str
     size: int
+    modified_ms: int
     sha256: str
     hospital_id: str | None
-    entity: str | None
+    entities: tuple[str, ...]
     reason: str | None = None
+    previous_batch: str | None = None
+
+    @property
+    def entity_label(self) -> str | None:
+        return ",".join(self.entities) or None
 
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+@dataclass(frozen=True)
+class Group:
+    """Files of one hospital read together: same format and same entities."""
+
+    hospital_id: str
+    fmt: str
+    entities: tuple[str, ...]
+    files: tuple[LandingFile, ...]
 
 
-def list_files(spark: SparkSession, landing: str) -> list[tuple[str, int]]:
-    """Every file under the landing folder with its size, empty ones included (Spark's file sources skip
-    zero-byte files, so the listing asks Hadoop's FileSystem directly: one entry per file, never per row)."""
+@dataclass
+class Parsed:
+    """One entity's records from some groups, numbered and cached, with each file's counts."""
+
+    entity: str
+    files: list[LandingFile]
+    frame: DataFrame
+    counts: dict[str, tuple[int, int]]  # file -> (rows read, rows quarantined)
+
+
+@dataclass
+class IngestResult:
+    written: list[Written]
+    ledger: list[tuple]
+    files_skipped: int
+    error: LakehouseError | None = None  # raised by the job after it has logged what it wrote
+
+    def count(self, status: str) -> int:
+        return sum(row[9] == status for row in self.ledger)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {"files_new": len(self.ledger), "files_skipped": self.files_skipped,
+                "files_landed": self.count(LANDED), "files_failed": self.count(FAILED),
+                "files_unmatched": self.count(UNMATCHED), "rows_read": sum(r[6] for r in self.ledger),
+                "rows_landed": sum(r[7] for r in self.ledger), "rows_quarantined": sum(r[8] for r in self.ledger)}
+
+    def summary(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.totals.items())
+
+
+# --- what is new in the landing folder -----------------------------------------------------------
+
+def list_files(spark: SparkSession, landing: str) -> list[tuple[str, int, int]]:
+    """(path, size, modification ms) of every file under the landing folder, empty ones included (Spark's
+    file sources skip zero-byte files, so Hadoop's FileSystem lists: one entry per file, never per row)."""
     fs, root = io.hadoop_path(spark, landing)
     found, listing = [], fs.listFiles(root, True)
     while listing.hasNext():
         status = listing.next()
-        found.append((status.getPath().toString(), int(status.getLen())))
+        found.append((status.getPath().toString(), int(status.getLen()), int(status.getModificationTime())))
     return sorted(found)
 
 
-def list_landing(spark: SparkSession, landing: str) -> DataFrame:
-    """Every file with its size and sha256; contents are hashed on the executors."""
-    files = list_files(spark, landing)
-    listed = spark.createDataFrame(files, "path STRING, size BIGINT")
-    non_empty = [path for path, size in files if size > 0]
-    if not non_empty:
-        return listed.withColumn("sha256", F.lit(EMPTY_SHA256))
-    hashes = (spark.read.format("binaryFile").load(non_empty)
-              .select(F.col("path").alias("_p"), F.sha2("content", 256).alias("sha256")))
-    return (listed.join(hashes, listed.path == hashes._p, "left")
-            .select("path", "size", F.coalesce("sha256", F.lit(EMPTY_SHA256)).alias("sha256")))
-
-
-def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | None, str | None, str | None]:
-    """(hospital_id, entity, reason): which contract entity a landed file belongs to, if any."""
+def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | None, tuple[str, ...], str | None]:
+    """(hospital_id, entities, reason): which contract entities a landed file belongs to, if any."""
     relative = path.split(landing.rstrip("/").split("://")[-1], 1)[-1].strip("/")
     parts = relative.split("/")
     hospital = parts[0] if len(parts) >= 2 else None
     contract = settings.sources.get(hospital or "")
     if contract is None:
-        return hospital, None, f"no source contract for hospital folder {hospital!r}"
+        return hospital, (), f"no source contract for hospital folder {hospital!r}"
     name = parts[-1]
-    for entity, source in contract.entities.items():
-        if fnmatch.fnmatch(name, source.pattern):
-            return hospital, entity, None
-    return hospital, None, f"file name {name!r} matches no entity pattern of {hospital}"
+    entities = tuple(e for e, source in contract.entities.items() if fnmatch.fnmatch(name, source.pattern))
+    if not entities:
+        return hospital, (), f"file name {name!r} matches no entity pattern of {hospital}"
+    return hospital, entities, None
 
 
-def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[list[LandingFile], list[LandingFile]]:
-    """Split the landing folder into files to ingest and files already in the ledger (same checksum)."""
-    listed = list_landing(spark, landing)
-    # any file version already recorded (landed, or refused for a reason that the same bytes would repeat)
-    ledger = io.read_or_empty(spark, INGEST_LEDGER, settings.root)
-    seen = ledger.select("path", "sha256").distinct().withColumn("_seen", F.lit(True))
-    rows = listed.join(seen, ["path", "sha256"], "left").collect()  # one row per file, not per record
-    new, skipped = [], []
-    for row in sorted(rows, key=lambda r: r.path):
-        hospital, entity, reason = match_contract(settings, landing, row.path)
-        item = LandingFile(row.path, row.size, row.sha256, hospital, entity, reason)
-        (skipped if row._seen else new).append(item)
+def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[list[LandingFile], int]:
+    """The files to ingest now, and how many are skipped as already in the ledger.
+
+    A file with the path, size and modification time of a ledgered one is skipped without being read;
+    the others are hashed on the executors and skipped if the ledger has the same path and sha256.
+    Two Spark jobs: the ledger rows of the listed paths, and the hashes of the files not recognised.
+    """
+    listed = list_files(spark, landing)
+    history: dict[str, list] = {}
+    if listed and io.exists(spark, INGEST_LEDGER, settings.root):
+        paths = spark.createDataFrame([(p,) for p, _, _ in listed], "path STRING")
+        rows = (io.read(spark, INGEST_LEDGER, settings.root).join(F.broadcast(paths), "path")
+                .select("path", "size", F.unix_millis("modified_at").alias("modified_ms"), "sha256", "batch_id",
+                        "ingested_at").collect())  # the listed files' own ledger rows: as many as the listing
+        for row in sorted(rows, key=lambda r: r.ingested_at):
+            history.setdefault(row.path, []).append(row)
+    unknown = [(p, size, ms) for p, size, ms in listed
+               if not any(r.size == size and r.modified_ms == ms for r in history.get(p, []))]
+    hashes = _hashes(spark, [p for p, size, _ in unknown if size > 0])
+    new, skipped = [], len(listed) - len(unknown)
+    for path, size, ms in unknown:
+        sha256 = hashes.get(path, EMPTY_SHA256)
+        if any(r.sha256 == sha256 for r in history.get(path, [])):
+            skipped += 1  # touched, but the same bytes
+            continue
+        hospital, entities, reason = match_contract(settings, landing, path)
+        previous = history[path][0].batch_id if path in history else None
+        new.append(LandingFile(path, size, ms, sha256, hospital, entities, reason, previous))
     return new, skipped
 
 
-def read_source(spark: SparkSession, source: EntitySource, paths: list[str]) -> DataFrame:
-    return (spark.read
-            .option("header", str(source.header).lower())
-            .option("sep", source.delimiter)
-            .option("encoding", source.encoding)
-            .option("inferSchema", "false")
-            .option("mode", "PERMISSIVE")
-            .option("enforceSchema", "false")  # a file whose header differs fails, and is then read on its own
-            .csv(paths)
-            .select("*", F.col("_metadata.file_path").alias("_source_file")))
+def _hashes(spark: SparkSession, paths: list[str]) -> dict[str, str]:
+    """sha256 of each file, computed on the executors (a file's bytes never reach the driver)."""
+    if not paths:
+        return {}
+    rows = (spark.read.format("binaryFile").load(paths)
+            .select("path", F.sha2("content", 256).alias("sha256")).collect())  # one row per file
+    by_uri = {row.path: row.sha256 for row in rows}
+    return {p: by_uri.get(p) or by_uri.get(_as_listed(p)) or EMPTY_SHA256 for p in paths}
 
 
-def to_bronze(raw: DataFrame, source: EntitySource, entity: str, hospital_id: str, batch_id: str) -> DataFrame:
-    """Rename to bronze columns, keep unmapped columns in `_extra`, and add lineage."""
-    raw = raw.toDF(*[c.lstrip(BOM) for c in raw.columns])
-    vendor_to_bronze = {vendor: bronze for bronze, vendor in source.columns.items()}
-    missing = [v for v in vendor_to_bronze if v not in raw.columns]
-    if missing:
-        raise ValueError(f"columns missing from the file: {missing}")
-    unmapped = [c for c in raw.columns if c not in vendor_to_bronze and c != "_source_file"]
-    extra = (F.map_from_arrays(F.array(*[F.lit(c) for c in unmapped]), F.array(*[F.col(f"`{c}`") for c in unmapped]))
-             if unmapped else F.create_map().cast("map<string,string>"))
-    columns = [F.col(f"`{source.columns[c]}`").alias(c) for c in BRONZE_COLUMNS[entity]]
-    line_order = Window.partitionBy("_source_file").orderBy("_row_id")
-    header_lines = 1 if source.header else 0
-    return (raw
-            .withColumn("_row_id", F.monotonically_increasing_id())
-            .select(*columns,
-                    F.lit(hospital_id).alias("_hospital_id"),
-                    F.lit(SOURCE_SYSTEM[entity]).alias("_source_system"),
-                    F.col("_source_file"),
-                    (F.row_number().over(line_order) + header_lines).cast("bigint").alias("_source_line"),
-                    F.lit(batch_id).alias("_batch_id"),
-                    F.current_timestamp().alias("_ingested_at"),
-                    record_hash(BRONZE_COLUMNS[entity]).alias("_record_hash"),
-                    extra.alias("_extra")))
+def _as_listed(path: str) -> str:
+    """binaryFile reports file:/x as file:///x."""
+    return path.replace("file:/", "file:///", 1) if path.startswith("file:/") and not path.startswith("file:///") \
+        else path
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def groups_of(spark: SparkSession, settings: Settings,
+              files: list[LandingFile]) -> tuple[list[Group], list[tuple[LandingFile, str]]]:
+    """Files read together: same hospital, format and entities, and for CSV the same header line (read on
+    the driver, a few KiB per file), so a file whose columns changed is read on its own."""
+    grouped: dict[tuple, list[LandingFile]] = {}
+    failed = []
+    for f in files:
+        source = settings.sources[f.hospital_id].entities[f.entities[0]]
+        header = ""
+        if source.format == "csv":
+            try:
+                header = readers.first_line(spark, f.path, source.encoding)
+            except Exception as err:  # e.g. not gzip at all
+                failed.append((f, _reason(err)))
+                continue
+        grouped.setdefault((f.hospital_id, source.format, f.entities, header), []).append(f)
+    groups = [Group(h, fmt, entities, tuple(members)) for (h, fmt, entities, _), members in sorted(grouped.items())]
+    return groups, failed
+
+
+def entity_rows(spark: SparkSession, settings: Settings, group: Group, entity: str) -> DataFrame:
+    """The group's records for one entity in one shape: bronze columns, `_extra` and what ingest needs.
+    Records no entity took (invalid JSON, an unknown resourceType) go with the group's first entity."""
+    contract = settings.sources[group.hospital_id]
+    records = readers.parse(spark, group.fmt, {e: contract.entities[e] for e in group.entities},
+                            [f.path for f in group.files])
+    columns, extra = readers.project(records, group.fmt, contract.entities[entity])
+    label = ",".join(group.entities)
+    keep = (F.col("_entity") == entity) | (F.col("_entity").isNull() & F.lit(entity == group.entities[0]))
+    return records.where(keep).select(
+        *columns, extra.alias("_extra"), F.lit(group.hospital_id).alias("_hospital_id"), "_source_file", "_block",
+        "_id", "_line_offset", "_source_line", "_drop", F.coalesce("_entity", F.lit(label)).alias("_entity"), "_error",
+        "_raw")
+
+
+def _parse(spark: SparkSession, settings: Settings, entity: str, groups: list[Group]) -> Parsed:
+    """Parse, number and cache; counting each file's records forces the whole read."""
+    union = reduce(DataFrame.unionByName, [entity_rows(spark, settings, g, entity) for g in groups])
+    frame = readers.number(union).where(~F.col("_drop")).drop("_drop", "_block", "_id", "_line_offset").persist()
+    try:
+        counted = (frame.groupBy("_source_file")
+                   .agg(F.count("*").alias("n"), F.count("_error").alias("bad")).collect())  # one row per file
+    except Exception:
+        frame.unpersist()
+        raise
+    return Parsed(entity, [f for g in groups for f in g.files], frame,
+                  {row._source_file: (row.n, row.bad) for row in counted})
+
+
+def parse_entity(spark: SparkSession, settings: Settings, entity: str,
+                 groups: list[Group]) -> tuple[list[Parsed], list[tuple[LandingFile, str]]]:
+    """All of an entity's new files at once; if that fails, group by group, then file by file. A file that
+    fails alone is returned with its reason (a corrupt gzip, a header without a mapped column, ...)."""
+    try:
+        return [_parse(spark, settings, entity, groups)], []
+    except Exception as err:
+        if len(groups) == 1 and len(groups[0].files) == 1:
+            return [], [(groups[0].files[0], _reason(err))]
+    parsed, failed = [], []
+    for g in groups:
+        if len(groups) > 1:
+            try:
+                parsed.append(_parse(spark, settings, entity, [g]))
+                continue
+            except Exception as err:
+                if len(g.files) == 1:
+                    failed.append((g.files[0], _reason(err)))
+                    continue
+        for f in g.files:
+            try:
+                parsed.append(_parse(spark, settings, entity, [Group(g.hospital_id, g.fmt, g.entities, (f,))]))
+            except Exception as err:
+                failed.append((f, _reason(err)))
+    return parsed, failed
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip()
+    for marker in ("Caused by: ", "Exception: "):  # the JVM's own message, not the Py4J stack
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"unreadable: {first}"[:1000]
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def bronze_rows(parsed: Parsed, batch_id: str) -> DataFrame:
+    entity = parsed.entity
+    return parsed.frame.where(F.col("_error").isNull()).select(
+        *BRONZE_COLUMNS[entity], "_hospital_id", F.lit(SOURCE_SYSTEM[entity]).alias("_source_system"), "_source_file",
+        "_source_line", F.lit(batch_id).alias("_batch_id"), F.current_timestamp().alias("_ingested_at"),
+        record_hash(BRONZE_COLUMNS[entity]).alias("_record_hash"), "_extra")
+
+
+def quarantine_rows(parsed: Parsed, batch_id: str) -> DataFrame:
+    return parsed.frame.where(F.col("_error").isNotNull()).select(
+        F.lit("bronze").alias("layer"), F.lit("ingest").alias("stage"), F.col("_hospital_id").alias("hospital_id"),
+        F.col("_entity").alias("entity"), F.col("_source_file").alias("source_file"),
+        F.col("_source_line").alias("source_line"), F.col("_raw").alias("raw"), F.col("_error").alias("reason"),
+        F.lit(batch_id).alias("batch_id"), F.current_timestamp().alias("quarantined_at"))
 
 
 def record_hash(columns: tuple[str, ...]) -> Column:
     return F.sha2(F.concat_ws("\u241f", *[F.coalesce(F.col(f"`{c}`"), F.lit("\u2400")) for c in columns]), 256)
 
 
-def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str) -> tuple[list[Written], dict]:
-    """Land every new file; return what was written and counts for the run summary."""
+def landed_per_file(spark: SparkSession, settings: Settings, entities: set[str], batch_id: str) -> dict[str, tuple]:
+    """What the tables hold for this batch, read back: file -> (rows in bronze, rows in quarantine)."""
+    parts = [io.read(spark, BRONZE[e], settings.root).where(F.col("_batch_id") == batch_id)
+             .select("_source_file", F.lit(1).alias("landed"), F.lit(0).alias("quarantined"))
+             for e in sorted(entities)]
+    if io.exists(spark, QUARANTINE, settings.root):
+        parts.append(io.read(spark, QUARANTINE, settings.root)
+                     .where((F.col("batch_id") == batch_id) & (F.col("layer") == "bronze"))
+                     .select(F.col("source_file").alias("_source_file"), F.lit(0).alias("landed"),
+                             F.lit(1).alias("quarantined")))
+    if not parts:
+        return {}
+    totals = (reduce(DataFrame.unionByName, parts).groupBy("_source_file")
+              .agg(F.sum("landed").alias("landed"), F.sum("quarantined").alias("quarantined")).collect())
+    return {row._source_file: (row.landed, row.quarantined) for row in totals}  # one row per file
+
+
+def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str) -> IngestResult:
+    """Land every new file, quarantine bad records, ledger every file, and check that it all adds up."""
     new, skipped = plan_files(spark, settings, landing)
-    ledger_rows = [_ledger_row(f, batch_id, 0, 0, UNMATCHED, f.reason) for f in new if f.entity is None]
-    ledger_rows += [_ledger_row(f, batch_id, 0, 0, FAILED, "empty file (0 bytes)") for f in new
-                    if f.entity is not None and f.size == 0]
-    readable = [f for f in new if f.size > 0 and f.entity is not None]
-    written: dict[str, Written] = {}
-    groups: dict[tuple[str, str], list[LandingFile]] = {}
-    for f in readable:
-        groups.setdefault((f.hospital_id, f.entity), []).append(f)
-    by_entity: dict[str, list[tuple[DataFrame, list[LandingFile]]]] = {}
-    for (hospital_id, entity), files in sorted(groups.items()):
-        try:
-            by_entity.setdefault(entity, []).append(
-                (_prepare(spark, settings, hospital_id, entity, files, batch_id), files))
-        except Exception:  # e.g. the header cannot be read: sort the group out file by file
-            good, failed = _one_by_one(spark, settings, entity, [(None, files)], batch_id)
-            by_entity.setdefault(entity, []).extend(good)
-            ledger_rows.extend(failed)
-    for entity, parts in sorted(by_entity.items()):
-        try:
-            landed = _land(spark, settings, entity, parts)
-        except Exception:  # some file cannot be read together with the others: find it, land the rest
-            parts, failed = _one_by_one(spark, settings, entity, parts, batch_id)
-            ledger_rows.extend(failed)
-            landed = _land(spark, settings, entity, parts) if parts else None
-        if landed is not None:
-            written[entity], per_file = landed
-            ledger_rows.extend(_ledger_row(f, batch_id, per_file.get(f.path, 0), per_file.get(f.path, 0), LANDED,
-                                           None) for _, files in parts for f in files)
-    if ledger_rows:
-        ledger = (spark.createDataFrame(ledger_rows, INGEST_LEDGER.schema)
-                  .withColumn("ingested_at", F.current_timestamp()))
-        written["_ledger"] = io.append(spark, ledger, INGEST_LEDGER, settings.root)
-    counts = {"files_new": len(new), "files_skipped": len(skipped),
-              "files_failed": sum(r[9] in (FAILED, UNMATCHED) for r in ledger_rows),
-              "rows_landed": sum(r[7] for r in ledger_rows)}
-    return list(written.values()), counts
-
-
-def _prepare(spark: SparkSession, settings: Settings, hospital_id: str, entity: str, files: list[LandingFile],
-             batch_id: str) -> DataFrame:
-    source = settings.sources[hospital_id].entities[entity]
-    return to_bronze(read_source(spark, source, [f.path for f in files]), source, entity, hospital_id, batch_id)
-
-
-def _land(spark: SparkSession, settings: Settings, entity: str,
-          parts: list[tuple[DataFrame, list[LandingFile]]]) -> tuple[Written, dict[str, int]]:
-    """Append all parts in one Delta commit; return it and the rows landed per file."""
-    bronze = reduce(DataFrame.unionByName, [frame for frame, _ in parts]).persist()
+    ledger: list[tuple] = [_ledger_row(f, batch_id, 0, 0, 0, UNMATCHED, f.reason) for f in new if not f.entities]
+    ledger += [_ledger_row(f, batch_id, 0, 0, 0, FAILED, "empty file (0 bytes)") for f in new
+               if f.entities and f.size == 0]
+    groups, unreadable = groups_of(spark, settings, [f for f in new if f.entities and f.size > 0])
+    parsed: list[Parsed] = []
+    failed: dict[str, tuple[LandingFile, str]] = {f.path: (f, reason) for f, reason in unreadable}
+    written: list[Written] = []
     try:
-        per_file = dict(bronze.groupBy("_source_file").count().collect())  # one row per file
-        return io.append(spark, bronze, BRONZE[entity], settings.root), per_file
+        for entity in sorted({e for g in groups for e in g.entities}):
+            done, bad_files = parse_entity(spark, settings, entity, [g for g in groups if entity in g.entities])
+            parsed += done
+            failed.update({f.path: (f, reason) for f, reason in bad_files})
+        for entity in sorted({p.entity for p in parsed}):
+            frames = [bronze_rows(p, batch_id) for p in parsed if p.entity == entity]
+            written.append(io.append(spark, reduce(DataFrame.unionByName, frames), BRONZE[entity], settings.root))
+        bad = [quarantine_rows(p, batch_id) for p in parsed if any(n for _, n in p.counts.values())]
+        if bad:
+            written.append(io.append(spark, reduce(DataFrame.unionByName, bad), QUARANTINE, settings.root))
+        actual = landed_per_file(spark, settings, {p.entity for p in parsed}, batch_id) if parsed else {}
     finally:
-        bronze.unpersist()
+        for p in parsed:
+            p.frame.unpersist()
+    ledger += [_ledger_row(f, batch_id, 0, 0, 0, FAILED, reason) for f, reason in failed.values()]
+    expected: dict[str, list[int]] = {}
+    for p in parsed:
+        for f in p.files:
+            read, bad_rows = p.counts.get(f.path, (0, 0))
+            expected.setdefault(f.path, [0, 0])
+            expected[f.path][0] += read
+            expected[f.path][1] += bad_rows
+    landed_files = {f.path: f for p in parsed for f in p.files if f.path not in failed}
+    unbalanced = []
+    for path, f in sorted(landed_files.items()):
+        read, bad_rows = expected[path]
+        landed, quarantined = actual.get(path, (0, 0))
+        balanced = read == landed + quarantined and quarantined == bad_rows
+        notes = [f"{quarantined} rows quarantined"] if quarantined else []
+        if f.previous_batch:
+            notes.append(f"new version of a file first landed in batch {f.previous_batch}")
+        if not balanced:
+            unbalanced.append(path)
+            notes.insert(0, f"read {read} but wrote {landed} to bronze and {quarantined} to quarantine "
+                            f"(expected {bad_rows})")
+        ledger.append(_ledger_row(f, batch_id, read, landed, quarantined, LANDED if balanced else UNBALANCED,
+                                  "; ".join(notes) or None))
+    result = IngestResult(written, ledger, skipped)
+    if ledger:
+        frame = spark.createDataFrame(ledger, INGEST_LEDGER.schema).withColumn("ingested_at", F.current_timestamp())
+        written.append(io.append(spark, frame, INGEST_LEDGER, settings.root, merge_schema=True))
+    if unbalanced:
+        result.error = ReconciliationError(f"{len(unbalanced)} files do not reconcile ({result.summary()}): "
+                                           + ", ".join(unbalanced[:5]))
+    else:
+        result.error = _over_threshold(settings, ledger, result)
+    return result
 
 
-def _one_by_one(spark: SparkSession, settings: Settings, entity: str, parts, batch_id: str):
-    """Read each file alone: those that fail get a ledger row with the reason, the others go on."""
-    good, failed = [], []
-    for _, files in parts:
-        for f in files:
-            try:
-                frame = _prepare(spark, settings, f.hospital_id, entity, [f], batch_id)
-                frame.select("_record_hash").count()  # forces decompression and parsing of the whole file
-                good.append((frame, [f]))
-            except Exception as err:
-                failed.append(_ledger_row(f, batch_id, 0, 0, FAILED, _reason(err)))
-    return good, failed
+def _over_threshold(settings: Settings, ledger: list[tuple], result: IngestResult) -> LakehouseError | None:
+    over = []
+    for hospital_id in sorted({row[3] for row in ledger if row[3] in settings.sources}):
+        read = sum(row[6] for row in ledger if row[3] == hospital_id)
+        quarantined = sum(row[8] for row in ledger if row[3] == hospital_id)
+        allowed = settings.sources[hospital_id].quarantine_threshold
+        if read and quarantined / read > allowed:
+            over.append(f"{hospital_id} {quarantined}/{read} rows ({quarantined / read:.2%} > {allowed:.2%})")
+    if not over:
+        return None
+    return QuarantineThresholdExceeded(
+            f"quarantine over the contract's threshold for {'; '.join(over)}; everything was landed and ledgered, "
+        f"see ops.quarantine ({result.summary()})")
 
 
-def _reason(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{type(err).__name__}: {text}"[:1000]
+def _ledger_row(f: LandingFile, batch_id: str, read: int, landed: int, quarantined: int, status: str,
+                reason: str | None) -> tuple:
+    return (f.path, f.size, f.sha256, f.hospital_id, f.entity_label, batch_id, read, landed, quarantined, status,
+            reason, None, _timestamp(f.modified_ms))
 
 
-def _ledger_row(f: LandingFile, batch_id: str, read: int, landed: int, status: str, reason: str | None) -> tuple:
-    return (f.path, f.size, f.sha256, f.hospital_id, f.entity, batch_id, read, landed, read - landed, status,
-            reason, None)
+def _timestamp(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)

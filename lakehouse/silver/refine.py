@@ -28,6 +28,14 @@ from lakehouse.silver.standardize import (
 UPDATE_WHEN_NEWER = "t.updated_at IS NULL OR s.updated_at > t.updated_at"
 
 
+def resolve_references(bronze: DataFrame) -> DataFrame:
+    """FHIR literal references ("Patient/0500…", "Encounter/0500…") become the source ids they point to."""
+    for column in ("mrn", "encounter_id"):
+        if column in bronze.columns:
+            bronze = bronze.withColumn(column, F.regexp_replace(column, r"^(Patient|Encounter)/", ""))
+    return bronze
+
+
 def latest_per_key(df: DataFrame, keys: list[str], updated: Column) -> DataFrame:
     """Collapse duplicates and resends: the latest update wins, then the latest ingest, then file line."""
     order = Window.partitionBy(*keys).orderBy(updated.desc_nulls_last(), F.col("_ingested_at").desc(),
@@ -196,7 +204,7 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     """Rebuild silver from bronze and merge it in by key; return the tables written."""
     root = settings.root
     version = vocab.version(settings.vocab_dir)
-    bronze = {e: io.read_or_empty(spark, ref, root) for e, ref in BRONZE.items()}
+    bronze = {e: resolve_references(io.read_or_empty(spark, ref, root)) for e, ref in BRONZE.items()}
     patients = latest_patients(bronze["patient"], settings).persist()  # read by two merges
     sex = vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab")
     outputs = [io.merge(spark, standardize_persons(patients, sex, key, settings), PERSON, root,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -33,10 +35,18 @@ HOSPITAL_TIME_ZONE = "Asia/Shanghai"
 
 
 def _parse(value: Column, fmt: str) -> Column:
-    """Wall-clock time at the hospital. Epoch milliseconds are instants: shifted to the hospital's zone."""
+    """Wall-clock time at the hospital. Epoch milliseconds and times with an offset (2024-03-01T18:05:00+08:00)
+    are instants: shifted to the hospital's zone (the session's zone is UTC)."""
     if fmt == EPOCH_MS:
         return F.from_utc_timestamp(F.timestamp_millis(value.try_cast("long")), HOSPITAL_TIME_ZONE)
-    return F.try_to_timestamp(value, F.lit(fmt))
+    parsed = F.try_to_timestamp(value, F.lit(fmt))
+    return F.from_utc_timestamp(parsed, HOSPITAL_TIME_ZONE) if has_offset(fmt) else parsed
+
+
+def has_offset(fmt: str) -> bool:
+    """Whether a Spark datetime pattern reads a zone or offset (letters outside quoted literals)."""
+    unquoted = re.sub(r"'[^']*'", "", fmt)
+    return any(letter in unquoted for letter in "XxZOVz")
 
 
 def national_id_is_valid(col: Column) -> Column:

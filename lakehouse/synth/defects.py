@@ -15,7 +15,7 @@ VALUE_DEFECTS = ("unparseable_date", "impossible_value", "unknown_code", "missin
 LINE_DEFECTS = {"csv": ("exact_duplicate", "truncated_line", "wrong_encoding_line"),
                 "hl7v2": ("exact_duplicate", "malformed_segment"),
                 "fhir_ndjson": ("exact_duplicate", "invalid_json")}
-FILE_DEFECTS = ("empty_file", "truncated_gzip", "schema_drift")
+FILE_DEFECTS = ("empty_file", "truncated_gzip", "schema_drift", "unmatched_file")
 BAD_DATES = np.array(["2025-13-45 25:61:00", "N/A", "0000-00-00", "31/02/2025 8点"])
 CODE_FIELDS = {"lab_result": "test_code", "vital_sign": "measure_code", "medication": "drug_code",
                "diagnosis": "icd_code", "procedure": "procedure_code"}

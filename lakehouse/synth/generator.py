@@ -570,9 +570,14 @@ def _line_of(position: int, duplicate_positions: list[int], fmt: str) -> int:
 
 
 def _file_defects(config: GeneratorConfig, out: Path) -> int:
-    """An empty export, and a gzip file cut short, once per region (on the last day)."""
+    """An empty export, a gzip file cut short and a file no contract expects, once per region (on the last day)."""
     last = str(config.end_date - dt.timedelta(days=1))
     rows = []
+    stray = out / "landing" / hospital_id(config.hospitals - 1) / last / "export-manifest.txt"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text("export finished; files: see folder\n", encoding="utf-8")  # what export tools leave behind
+    rows.append((f"{hospital_id(config.hospitals - 1)}/{last}/{stray.name}", 0, "unmatched_file",
+                 hospital_id(config.hospitals - 1), "", ""))
     hid, dialect = hospital_id(0), config.dialect(0)
     empty = out / "landing" / hid / last / f"lab_result-empty.{dialect.extension('lab_result')}"
     empty.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,250 @@
+"""Readers: one group of a hospital's files -> records, each with its file, line, entity and error.
+
+`parse` returns one row per source record (CSV line, JSON line, HL7 repeating segment such as OBX)
+with `_source_file`, `_source_line`, `_entity` (where it is routed), `_error` (null for a good record,
+else why it goes to quarantine), `_raw` (the record's text) and the payload `project` reads the
+bronze columns from. Everything runs on the executors with Spark built-ins; the driver only reads
+the header line of the first CSV file of a group.
+
+Line numbers: `number` gives each record `monotonically_increasing_id()`, which counts up inside a
+partition; the rows of one file split are contiguous, so a small aggregate per (file, split) turns
+the id into the record's ordinal in its file (no shuffle of the rows themselves). The ingest job
+numbers all files of an entity at once; a reader numbers its records itself only where it must
+(HL7 counts segments per message; a FHIR file routed to several entities). Spark's CSV reader skips
+blank lines, so after a blank line a CSV line number is one short.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse import io
+from lakehouse.bronze import hl7
+from lakehouse.config import EntitySource
+
+BOM = "\ufeff"
+REPLACEMENT = "\ufffd"
+CORRUPT = "_corrupt"
+
+
+class FileProblem(Exception):
+    """A whole file cannot be read with its contract (its reason goes to the ledger)."""
+
+
+def parse(spark: SparkSession, fmt: str, sources: dict[str, EntitySource], paths: list[str]) -> DataFrame:
+    """Records with `_source_file`, `_block`, `_line_offset` (line of ordinal 1), `_source_line` (null until
+    numbered), `_drop` (a blank line: numbered, then dropped), `_entity`, `_error`, `_raw` and the payload."""
+    return PARSERS[fmt](spark, sources, paths)
+
+
+def project(records: DataFrame, fmt: str, source: EntitySource) -> tuple[list[Column], Column]:
+    """The bronze columns (strings, named as bronze names them) and the `_extra` map of one entity."""
+    return PROJECTORS[fmt](records, source)
+
+
+# --- numbering ---------------------------------------------------------------------------------
+
+def _scan(frame: DataFrame) -> DataFrame:
+    """Rows straight from a file scan, with their file, split and `_id`. The id is taken here, on the scan,
+    not after a union: a union's partition numbers depend on its other inputs, which may differ between
+    two evaluations (adaptive execution coalesces shuffles by size), a scan's do not."""
+    return frame.select("*", F.col("_metadata.file_path").alias("_source_file"),
+                        F.col("_metadata.file_block_start").alias("_block"),
+                        F.monotonically_increasing_id().alias("_id"))
+
+
+def number(frame: DataFrame) -> DataFrame:
+    """Fill `_source_line` where it is null: the record's ordinal in its file, from `_line_offset` on.
+
+    Must run on rows straight from the file scans (unions of them are fine): no row may be filtered out
+    before, or the ordinals after it would shift.
+    """
+    splits = frame.groupBy("_source_file", "_block").agg(F.min("_id").alias("_first_id"), F.count("*").alias("_n"))
+    before = Window.partitionBy("_source_file").orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
+    splits = splits.select("_source_file", "_block", "_first_id",
+                           F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_before"))
+    ordinal = F.col("_id") - F.col("_first_id") + F.col("_before") + F.col("_line_offset")
+    return (frame.join(F.broadcast(splits), ["_source_file", "_block"])
+            .withColumn("_source_line", F.coalesce(F.col("_source_line"), ordinal.cast("bigint")))
+            .drop("_first_id", "_before"))
+
+
+def _lines(offset: int, drop: Column | None = None) -> list[Column]:
+    return [F.lit(offset).alias("_line_offset"), F.lit(None).cast("bigint").alias("_source_line"),
+            (drop if drop is not None else F.lit(False)).alias("_drop")]
+
+
+# --- CSV / TSV -----------------------------------------------------------------------------------
+
+def _csv_reader(spark: SparkSession, source: EntitySource):
+    return (spark.read.option("header", str(source.header).lower()).option("sep", source.delimiter)
+            .option("encoding", source.encoding).option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT)
+            .option("enforceSchema", "false"))  # a file whose header differs fails, and is then read on its own
+
+
+def first_line(spark: SparkSession, path: str, encoding: str, size: int = 65536) -> str:
+    """The first line of a file (decompressed by its suffix, as Spark would), read on the driver: at most
+    `size` bytes of one file, not a Spark job."""
+    jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+    fs, hpath = io.hadoop_path(spark, path)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
+    stream = fs.open(hpath)
+    try:
+        if codec is not None:
+            stream = codec.createInputStream(stream)
+        bounded = jvm.org.apache.commons.io.input.BoundedInputStream(stream, size)
+        head = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(bounded))
+    finally:
+        stream.close()
+    text = head.decode(encoding, errors="replace").lstrip(BOM)  # Spark's CSV reader drops a byte order mark too
+    return text.splitlines()[0] if text else ""
+
+
+def parse_csv(spark: SparkSession, sources: dict[str, EntitySource], paths: list[str]) -> DataFrame:
+    (entity, source), = sources.items()
+    fields = first_line(spark, paths[0], source.encoding).split(source.delimiter)
+    names = fields if source.header else [f"_c{i}" for i in range(len(fields))]
+    missing = sorted(set(source.sent().values()) - set(names))
+    if missing:
+        raise FileProblem(f"columns missing from the file: {missing}")
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in names]
+                          + [T.StructField(CORRUPT, T.StringType())])
+    raw = _scan(_csv_reader(spark, source).schema(schema).csv(paths))
+    text = F.coalesce(F.col(CORRUPT), F.concat_ws(source.delimiter, *[F.col(f"`{c}`") for c in names]))
+    delimiter = "\\" + source.delimiter if not source.delimiter.isalnum() else source.delimiter
+    error = (F.when(F.col(CORRUPT).isNotNull(),
+                    F.concat(F.lit("malformed line: "), F.size(F.split(F.col(CORRUPT), delimiter, -1)).cast("string"),
+                             F.lit(f" fields where the header has {len(names)}")))
+             .when(F.col("_raw").contains(REPLACEMENT), F.lit(f"wrong encoding: bytes that are not {source.encoding}"))
+             )
+    if source.encoding.replace("-", "").upper() not in ("UTF8", "USASCII", "ASCII"):
+        # a line sent as UTF-8 in a GB18030 (or other) file decodes without error into other characters
+        as_utf8 = F.is_valid_utf8(F.encode(F.col("_raw"), source.encoding).cast("string"))
+        error = error.when(F.col("_raw").rlike("[^\\x00-\\x7F]") & as_utf8,
+                           F.lit(f"wrong encoding: a UTF-8 line in a {source.encoding} file"))
+    return (raw.withColumn("_raw", text)
+            .select(*[F.col(f"`{c}`") for c in names], "_source_file", "_block", "_id",
+                    *_lines(2 if source.header else 1),
+                    F.lit(entity).alias("_entity"), error.alias("_error"), "_raw"))
+
+
+def project_csv(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
+    mapped = set(source.sent().values())
+    unmapped = [c for c in records.columns if c not in mapped and not c.startswith("_")]
+    extra = (F.map_from_arrays(F.array(*[F.lit(c) for c in unmapped]), F.array(*[F.col(f"`{c}`") for c in unmapped]))
+             if unmapped else F.create_map().cast("map<string,string>"))
+    return _columns(source, lambda vendor: F.col(f"`{vendor}`")), extra
+
+
+def _columns(source: EntitySource, read) -> list[Column]:
+    """Every bronze column of the entity, read where the contract says; null where it says "" (not sent)."""
+    sent = source.sent()
+    return [(read(sent[bronze]) if bronze in sent else F.lit(None).cast("string")).alias(bronze)
+            for bronze in source.columns]
+
+
+# --- JSON lines and FHIR R4 NDJSON ----------------------------------------------------------------
+
+def parse_json(spark: SparkSession, sources: dict[str, EntitySource], paths: list[str]) -> DataFrame:
+    """One record per non-blank line; each routed to the entity whose resourceType and `match` it has."""
+    raw = _scan(spark.read.text(paths)).select("*", *_lines(1, F.trim("value") == ""))
+    if len(sources) > 1:  # records are routed apart below: number them while they are still all there
+        raw = number(raw)
+    value = F.col("value")
+    resource_type = F.get_json_object(value, "$.resourceType")
+    route = None
+    for entity, source in sorted(sources.items()):
+        condition = resource_type == source.resource_type if source.resource_type else F.lit(True)
+        for path, expected in source.match.items():
+            condition = condition & (F.get_json_object(value, path) == expected)
+        route = F.when(condition, F.lit(entity)) if route is None else route.when(condition, F.lit(entity))
+    expected_types = sorted({s.resource_type for s in sources.values() if s.resource_type})
+    error = (F.when(F.get_json_object(value, "$").isNull(), F.lit("invalid JSON"))
+             .when(F.col("_entity").isNull(),
+                   F.concat(F.lit("not routed: resourceType "), F.coalesce(resource_type, F.lit("(none)")),
+                            F.lit(f" does not match the contract's entities for this file ({expected_types})"
+                                  if expected_types else " does not match any entity for this file"))))
+    for entity, source in sorted(sources.items()):
+        for column in source.required:
+            path = source.columns[column]
+            error = error.when((F.col("_entity") == entity) & F.get_json_object(value, path).isNull(),
+                               F.lit(f"required {column} absent ({path})"))
+    return (raw.withColumn("_entity", route)
+            .select("value", "_source_file", "_block", "_id", "_line_offset", "_source_line", "_drop", "_entity",
+                    error.alias("_error"), value.alias("_raw")))
+
+
+def project_json(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
+    columns = _columns(source, lambda path: F.get_json_object("value", path))
+    return columns, F.create_map(F.lit("_record"), F.col("value"))  # the whole record is kept as received
+
+
+# --- HL7 v2 --------------------------------------------------------------------------------------
+
+def parse_hl7(spark: SparkSession, sources: dict[str, EntitySource], paths: list[str]) -> DataFrame:
+    """One record per occurrence of the entity's segment (OBX), with its message's other segments.
+
+    Files are read with "MSH|" as the record separator, so a message is never cut apart; the text
+    before a file's first MSH is a record too (empty in a well-formed file).
+    """
+    (entity, source), = sources.items()
+    row_segment = source.segment
+    raw = number(_scan(spark.read.option("lineSep", "MSH|").text(paths)).select("*", *_lines(1)))
+    first = F.col("_source_line") == 1  # the message ordinal, until the segment lines are counted below
+    messages = (raw.withColumn("_message", F.when(first, F.col("value")).otherwise(F.concat(F.lit("MSH|"), "value")))
+                .withColumn("_segments", hl7.segments("_message"))
+                .withColumn("_lines", F.when(F.col("_message") == "", 0).otherwise(F.size("_segments"))))
+    in_file = Window.partitionBy("_source_file").orderBy("_source_line").rowsBetween(Window.unboundedPreceding, -1)
+    # a batch file's FHS/BHS header (or nothing) comes before the first MSH: not a record, but its lines count
+    messages = (messages.withColumn("_first_line", F.coalesce(F.sum("_lines").over(in_file), F.lit(0)) + 1)
+                .where(~(first & ((F.trim("_message") == "") | F.col("_message").rlike("^(FHS|BHS)\\|")))))
+    index = F.sequence(F.lit(0), F.col("_lines") - 1)
+    rows = _positions(index, row_segment)
+    exploded = messages.select("*", F.explode(F.when(first, F.array(F.lit(-1)))
+                                              .when(F.size(rows) == 0, F.array(F.lit(-2)))
+                                              .otherwise(rows)).alias("_pos"))
+    segment = F.get(F.col("_segments"), F.col("_pos"))
+    context = {name: _context(index, name) for name in
+               sorted({hl7.parse_reference(ref)[0] for ref in source.sent().values()} - {row_segment})}
+    payload = exploded.select("_source_file", "_block", F.lit(None).cast("bigint").alias("_id"), "_pos", "_message",
+                              "_first_line",
+                              segment.alias(row_segment),
+                              *[c.alias(n) for n, c in context.items()])
+    error = (F.when(F.col("_pos") == -1, F.lit("text before the first MSH segment"))
+             .when(F.col("_pos") == -2, F.lit(f"message without any {row_segment} segment")))
+    for column in source.required:
+        reference = source.columns[column]
+        error = error.when(hl7.field(F.col(reference.split("-")[0]), reference).isNull(),
+                           F.lit(f"malformed {reference.split('-')[0]} segment: {reference} ({column}) absent"))
+    return payload.select(
+        "*", F.lit(1).alias("_line_offset"),
+        (F.col("_first_line") + F.greatest(F.col("_pos"), F.lit(0))).cast("bigint").alias("_source_line"),
+        F.lit(False).alias("_drop"), F.lit(entity).alias("_entity"), error.alias("_error"),
+        F.when(F.col("_pos") >= 0, F.col(row_segment)).otherwise(F.col("_message")).alias("_raw"),
+    ).drop("_message", "_first_line", "_pos")
+
+
+def _positions(index: Column, name: str) -> Column:
+    """Positions of the message's segments called `name`."""
+    return F.filter(index, lambda i: F.startswith(F.get(F.col("_segments"), i), F.lit(name + "|")))
+
+
+def _context(index: Column, name: str) -> Column:
+    """The segment `name` that governs the row segment: the last one before it, else the message's first."""
+    at = _positions(index, name)
+    chosen = F.coalesce(F.array_max(F.filter(at, lambda i: i < F.col("_pos"))), F.array_min(at))
+    return F.get(F.col("_segments"), chosen)
+
+
+def project_hl7(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
+    kept = sorted({ref.split("-")[0] for ref in source.sent().values()} | {source.segment})
+    extra = F.create_map(*[part for name in kept for part in (F.lit(name), F.col(name))])
+    # the segments the row was read from are kept whole
+    return _columns(source, lambda ref: hl7.field(F.col(ref.split("-")[0]), ref)), extra
+
+
+PARSERS = {"csv": parse_csv, "jsonl": parse_json, "fhir_ndjson": parse_json, "hl7v2": parse_hl7}
+PROJECTORS = {"csv": project_csv, "jsonl": project_json, "fhir_ndjson": project_json, "hl7v2": project_hl7}
