@@ -69,6 +69,11 @@ BRONZE_COLUMNS: dict[str, tuple[str, ...]] = {
     "note": ("note_id", "encounter_id", "mrn", "note_type", "note_text", "note_time", "updated_at"),
 }
 ENTITIES = tuple(BRONZE_COLUMNS)
+# what a bronze string is meant to hold, for profiling a dump against its contract (validate-source)
+TIME_COLUMNS = frozenset({"updated_at", "admit_time", "discharge_time", "diagnosis_time", "procedure_time",
+                          "result_time", "measured_at", "start_time", "end_time", "report_time", "note_time"})
+DATE_COLUMNS = frozenset({"birth_date"})
+NUMBER_COLUMNS = frozenset({"value", "dose"})
 SOURCE_SYSTEM = {"patient": "HIS", "encounter": "HIS", "diagnosis": "EMR", "procedure": "EMR", "lab_result": "LIS",
                  "vital_sign": "NURSING", "medication": "HIS", "imaging_report": "PACS", "note": "EMR"}
 

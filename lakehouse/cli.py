@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = add("ingest", "land new source files into bronze Delta tables (idempotent per file)")
     ingest.add_argument("--landing", help="landing folder <landing>/<hospital>/<day>/ (default: config)")
+    validate = add("validate-source", "profile a hospital's dump against its source contract; writes nothing; "
+                   "exit 1 if the verdict is fail")
+    validate.add_argument("--hospital", required=True, help="hospital id of a contract under conf/sources")
+    validate.add_argument("--landing", help="landing folder <landing>/<hospital>/<day>/ (default: config)")
+    validate.add_argument("--max-unparsed", type=float, default=0.05,
+                          help="largest share of a column's values that may fail to parse (default 0.05)")
     force = "re-run even when inputs and configuration are unchanged since the last successful run"
     add("refine", "bronze -> silver: standard codes, units, merged resends, encrypted identity vault"
         ).add_argument("--force", action="store_true", help=force)
@@ -69,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_all = add("run-all", "every stage in order; without --landing, generate the sample first")
     run_all.add_argument("--landing", help="an existing landing folder")
     run_all.add_argument("--force", action="store_true", help=force)
-    add("reconcile", "check every landed file: rows read = landed + quarantined = rows in bronze; exit 1 if not")
+    add("reconcile", "check every landed file: rows read = landed + quarantined, and both are what bronze and "
+        "ops.quarantine hold; exit 1 if not")
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
     return parser
 
@@ -115,6 +122,20 @@ def _ingest(args, settings: Settings) -> int:
     landing = pipeline.check_landing(settings, args.landing)
     pipeline.run_ingest(_spark(settings), settings, landing)
     return 0
+
+
+def _validate_source(args, settings: Settings) -> int:
+    from lakehouse.bronze.profile import PASS, profile_source
+    from lakehouse.errors import ConfigError
+    from lakehouse.spark import build_spark
+
+    if args.hospital not in settings.sources:
+        raise ConfigError(str(settings.conf_dir / "sources"), args.hospital,
+                          f"no source contract for this hospital; known: {sorted(settings.sources)}")
+    landing = pipeline.check_landing(settings, args.landing)
+    report = profile_source(build_spark(settings), settings, args.hospital, landing, args.max_unparsed)
+    print(report.render())
+    return 0 if report.verdict == PASS else 1
 
 
 def _refine(args, settings: Settings) -> int:
@@ -178,12 +199,15 @@ def _reconcile(args, settings: Settings) -> int:
 
     report = reconcile(_spark(settings), settings).cache()
     totals = report.agg(F.count("*").alias("files"), F.sum(F.col("balanced").cast("int")).alias("balanced"),
-                        F.sum("rows_landed").alias("landed"), F.sum("bronze_rows").alias("bronze")).first()
+                        F.sum("rows_landed").alias("landed"), F.sum("bronze_rows").alias("bronze"),
+                        F.sum("rows_quarantined").alias("quarantined"),
+                        F.sum("quarantine_rows").alias("in_quarantine")).first()
     print(f"reconcile: {totals.balanced or 0}/{totals.files} landed files balance; ledger rows landed "
-          f"{totals.landed or 0}, bronze rows {totals.bronze or 0}")
+          f"{totals.landed or 0}, bronze rows {totals.bronze or 0}; ledger rows quarantined "
+          f"{totals.quarantined or 0}, quarantine rows {totals.in_quarantine or 0}")
     for row in report.where(~F.col("balanced")).orderBy("path").limit(20).collect():  # at most 20 lines
         print(f"  MISMATCH {row.path} batch={row.batch_id}: read={row.rows_read} landed={row.rows_landed} "
-              f"quarantined={row.rows_quarantined} in bronze={row.bronze_rows}")
+              f"quarantined={row.rows_quarantined} in bronze={row.bronze_rows} in quarantine={row.quarantine_rows}")
     return 0 if totals.files == (totals.balanced or 0) else 1
 
 
@@ -196,6 +220,7 @@ def _init_secrets(args, settings: Settings) -> int:
 COMMANDS: dict[str, Callable] = {
     "generate": _generate,
     "ingest": _ingest,
+    "validate-source": _validate_source,
     "refine": _refine,
     "build": _build,
     "train": _train,

@@ -25,7 +25,7 @@ def parse_timestamp(col: Column, hospital: Column, formats: dict[str, str]) -> C
     """Parse with each hospital's declared format; unparseable values become null (flagged by DQ)."""
     expr = None
     for hospital_id, fmt in sorted(formats.items()):
-        parsed = _parse(clean_text(col), fmt)
+        parsed = parse_time(clean_text(col), fmt)
         expr = F.when(hospital == hospital_id, parsed) if expr is None else expr.when(hospital == hospital_id, parsed)
     return expr if expr is not None else F.lit(None).cast("timestamp")
 
@@ -34,7 +34,7 @@ EPOCH_MS = "epoch_ms"
 HOSPITAL_TIME_ZONE = "Asia/Shanghai"
 
 
-def _parse(value: Column, fmt: str) -> Column:
+def parse_time(value: Column, fmt: str) -> Column:
     """Wall-clock time at the hospital. Epoch milliseconds and times with an offset (2024-03-01T18:05:00+08:00)
     are instants: shifted to the hospital's zone (the session's zone is UTC)."""
     if fmt == EPOCH_MS:
