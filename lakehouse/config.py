@@ -108,13 +108,13 @@ class EntitySource(Strict):
     timestamp_format: str = Field("yyyy-MM-dd HH:mm:ss", description="a Spark datetime pattern, or epoch_ms")
     date_format: str = "yyyy-MM-dd"
     resource_type: str | None = Field(None, description="fhir_ndjson: the resourceType routed to this entity")
-    match: dict[str, str] = Field(default_factory=dict,
-                                  description="fhir_ndjson/jsonl: JSONPath -> value a record must have to be routed here")
+    match: dict[str, str] = Field(
+        default_factory=dict, description="fhir_ndjson/jsonl: JSONPath -> value a record must have to be routed here")
     segment: str = Field("OBX", pattern=r"^[A-Z][A-Z0-9]{2}$",
                          description="hl7v2: the segment that gives one bronze row per occurrence")
-    required: list[str] = Field(default_factory=list,
-                                description="bronze columns whose field must be present in the record, else it is "
-                                            "quarantined as malformed (an empty value is present)")
+    required: list[str] = Field(
+        default_factory=list, description="bronze columns whose field must be present in the record, else it is "
+                                          "quarantined as malformed (an empty value is present)")
     columns: dict[str, str] = Field(description='bronze column -> the column name, JSONPath or HL7 field ("" = not sent)')
 
     def sent(self) -> dict[str, str]:
@@ -331,7 +331,8 @@ def _check_columns(file: str, contract: SourceContract) -> None:
         key = f"entities.{entity}"
         for column, where in source.columns.items():
             if column not in known:
-                raise ConfigError(file, f"{key}.columns.{column}", f"not a bronze column of {entity}; known: {list(known)}")
+                raise ConfigError(file, f"{key}.columns.{column}",
+                                  f"not a bronze column of {entity}; known: {list(known)}")
             if where == NOT_SENT:
                 if column in source.required:
                     raise ConfigError(file, f"{key}.columns.{column}", "a required column must be mapped")

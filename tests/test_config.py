@@ -30,7 +30,9 @@ def _edit(file: Path, change) -> None:
 def test_shipped_configuration_loads_with_typed_values():
     settings = load_settings(CONF, "local", "/tmp/x")
     assert settings.main.spark.master == "local[2]"
-    assert sorted(settings.sources) == ["H01", "H02", "H03", "H04"]
+    assert sorted(settings.sources) == ["H01", "H02", "H03", "H04", "H05"]
+    assert settings.sources["H04"].entities["lab_result"].format == "hl7v2"
+    assert settings.sources["H05"].entities["vital_sign"].match == {"$.category[0].coding[0].code": "vital-signs"}
     assert settings.sources["H04"].entities["encounter"].timestamp_format == "epoch_ms"
     assert settings.sources["H02"].entities["patient"].encoding == "GB18030"
     assert settings.tasks["readmission_30d"].outcome_window_days == 30
@@ -60,6 +62,24 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
         ("sources/h02.yaml", lambda d: d["entities"]["lab_result"]["columns"].update(colour="颜色"),
          "entities.lab_result.columns.colour", "not a bronze column"),
         ("tasks/readmission_30d.yaml", lambda d: d["features"].append("shoe_size"), "features.10", "unknown feature"),
+        ("sources/h04.yaml", lambda d: d["entities"]["lab_result"]["columns"].update(value="OBX5"),
+         "entities.lab_result.columns.value", "not an HL7 field reference"),
+        ("sources/h04.yaml", lambda d: d["entities"]["lab_result"].update(encoding="GB18030"),
+         "entities.lab_result.encoding", "read as UTF-8 only"),
+        ("sources/h05.yaml", lambda d: d["entities"]["patient"]["columns"].update(mrn="id"),
+         "entities.patient.columns.mrn", "not a JSONPath"),
+        ("sources/h05.yaml", lambda d: d["entities"]["patient"].pop("resource_type"),
+         "entities.patient.resource_type", "required for format fhir_ndjson"),
+        ("sources/h05.yaml", lambda d: d["entities"]["patient"]["columns"].update(mrn=""),
+         "entities.patient.columns.mrn", "a required column must be mapped"),
+        ("sources/h05.yaml", lambda d: d["entities"]["lab_result"].update(match={"category": "x"}),
+         "entities.lab_result.match", "not a JSONPath"),
+        ("sources/h05.yaml", lambda d: d["entities"]["note"].update(required=["colour"]),
+         "entities.note.required.0", "not a bronze column"),
+        ("sources/h01.yaml", lambda d: d["entities"]["note"].update(pattern="patient-*.csv"),
+         "entities.patient.pattern", "only fhir_ndjson entities may share"),
+        ("sources/h01.yaml", lambda d: d.update(quarantine_threshold=1.5), "quarantine_threshold",
+         "less than or equal"),
     ],
 )
 def test_bad_values_name_file_and_key(conf, relative, change, key, message):

@@ -207,8 +207,7 @@ def parse_hl7(spark: SparkSession, sources: dict[str, EntitySource], paths: list
                                               .when(F.size(rows) == 0, F.array(F.lit(-2)))
                                               .otherwise(rows)).alias("_pos"))
     segment = F.get(F.col("_segments"), F.col("_pos"))
-    context = {name: _context(index, name) for name in
-               sorted({hl7.parse_reference(ref)[0] for ref in source.sent().values()} - {row_segment})}
+    context = {name: _context(index, name) for name in sorted(_context_segments(source) - {row_segment})}
     payload = exploded.select("_source_file", "_block", F.lit(None).cast("bigint").alias("_id"), "_pos", "_message",
                               "_first_line",
                               segment.alias(row_segment),
@@ -227,6 +226,13 @@ def parse_hl7(spark: SparkSession, sources: dict[str, EntitySource], paths: list
     ).drop("_message", "_first_line", "_pos")
 
 
+HL7_CONTEXT = frozenset({"MSH", "PID", "PV1", "OBR"})  # kept with every row, mapped or not
+
+
+def _context_segments(source: EntitySource) -> set[str]:
+    return set(HL7_CONTEXT) | {hl7.parse_reference(ref)[0] for ref in source.sent().values()}
+
+
 def _positions(index: Column, name: str) -> Column:
     """Positions of the message's segments called `name`."""
     return F.filter(index, lambda i: F.startswith(F.get(F.col("_segments"), i), F.lit(name + "|")))
@@ -240,7 +246,7 @@ def _context(index: Column, name: str) -> Column:
 
 
 def project_hl7(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
-    kept = sorted({ref.split("-")[0] for ref in source.sent().values()} | {source.segment})
+    kept = sorted(_context_segments(source) | {source.segment})
     extra = F.create_map(*[part for name in kept for part in (F.lit(name), F.col(name))])
     # the segments the row was read from are kept whole
     return _columns(source, lambda ref: hl7.field(F.col(ref.split("-")[0]), ref)), extra
