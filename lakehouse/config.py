@@ -115,7 +115,8 @@ class EntitySource(Strict):
     required: list[str] = Field(
         default_factory=list, description="bronze columns whose field must be present in the record, else it is "
                                           "quarantined as malformed (an empty value is present)")
-    columns: dict[str, str] = Field(description='bronze column -> the column name, JSONPath or HL7 field ("" = not sent)')
+    columns: dict[str, str] = Field(
+        description='bronze column -> the column name, JSONPath or HL7 field ("" = not sent)')
 
     def sent(self) -> dict[str, str]:
         """The mapped columns this hospital really sends."""

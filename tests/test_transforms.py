@@ -8,7 +8,7 @@ import pandas as pd
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from lakehouse.bronze.ingest import to_bronze
+from lakehouse.bronze import readers
 from lakehouse.config import EntitySource
 from lakehouse.gold.features import build_features
 from lakehouse.silver.refine import latest_per_key, standardize_labs
@@ -17,27 +17,39 @@ from lakehouse.silver.vocab import load
 KEY = bytes(32)
 
 
-def test_to_bronze_renames_keeps_unmapped_and_numbers_lines(spark):
-    source = EntitySource(pattern="lab.csv", columns={
-        "result_id": "单号", "encounter_id": "流水号", "mrn": "病案号", "test_code": "代码", "test_name": "名称",
-        "value": "结果", "unit": "单位", "reference_range": "参考", "abnormal_flag": "标志", "result_time": "时间",
-        "status": "状态", "updated_at": "更新"})
-    raw = spark.createDataFrame(pd.DataFrame({
-        "\ufeff单号": ["r1", "r2", "r3"], "流水号": ["e1", "e1", "e2"], "病案号": ["m1", "m1", "m2"],
-        "代码": ["GLU", "CREA", "GLU"], "名称": ["葡萄糖", "肌酐", "葡萄糖"], "结果": ["5.1", "88", "abc"],
-        "单位": ["mmol/L", "umol/L", "mmol/L"], "参考": "3.9-6.1", "标志": "", "时间": ["t1", "t2", "t3"],
-        "状态": "final", "更新": ["u1", "u2", "u3"],
-        "新列": ["x", None, "z"], "_source_file": ["f1", "f1", "f2"]}))
-    bronze = to_bronze(raw, source, "lab_result", "H01", "batch-1")
-    got = bronze.select("result_id", "value", "_hospital_id", "_source_system", "_source_file", "_source_line",
-                        "_batch_id", F.col("_extra")["新列"].alias("extra_new"))
-    expected = spark.createDataFrame(
-        [("r1", "5.1", "H01", "LIS", "f1", 2, "batch-1", "x"), ("r2", "88", "H01", "LIS", "f1", 3, "batch-1", None),
-         ("r3", "abc", "H01", "LIS", "f2", 2, "batch-1", "z")],
-        "result_id STRING, value STRING, _hospital_id STRING, _source_system STRING, _source_file STRING, "
-        "_source_line BIGINT, _batch_id STRING, extra_new STRING")
+LAB_COLUMNS = {"result_id": "单号", "encounter_id": "流水号", "mrn": "病案号", "test_code": "代码",
+               "test_name": "名称", "value": "结果", "unit": "单位", "reference_range": "参考", "abnormal_flag": "标志",
+               "result_time": "时间", "status": "状态", "updated_at": "更新"}
+
+
+def test_csv_reader_numbers_lines_quarantines_bad_ones_and_keeps_unmapped_columns(spark, tmp_path):
+    source = EntitySource(pattern="lab-*.tsv", encoding="GB18030", delimiter="\t", columns=LAB_COLUMNS)
+    header = "\t".join([*LAB_COLUMNS.values(), "新列"])
+
+    def line(result_id: str, extra: str, name: str = "葡萄糖") -> str:
+        return "\t".join([result_id, "e1", "m1", "GLU", name, "5.1", "mmol/L", "3.9-6.1", "", "t", "正常", "u", extra])
+
+    path = tmp_path / "lab-1.tsv"
+    path.write_bytes(b"".join([
+        f"{header}\n{line('r1', '复核')}\n".encode("gb18030"),
+        "r2\te1\tm1\n".encode("gb18030"),  # cut short
+        f"{line('r3', '', '中文')}\n".encode(),  # UTF-8 in a GB18030 file: decodes, to other characters
+        f"{line('r5', '', 'XX')}\n".encode("gb18030").replace(b"XX", b"\x80\x80"),  # bytes GB18030 has not
+        f"{line('r4', '')}\n".encode("gb18030"),
+    ]))
+    records = readers.number(readers.parse(spark, "csv", {"lab_result": source}, [str(path)]))
+    columns, extra = readers.project(records, "csv", source)
+    got = records.select("_source_line", columns[0], columns[4], extra["新列"].alias("extra"), "_error",
+                         F.col("_raw").isNotNull().alias("raw_kept"))
+    expected = spark.createDataFrame([
+        (2, "r1", "葡萄糖", "复核", None, False),
+        (3, "r2", None, None, "malformed line: 3 fields where the header has 13", True),
+        (4, "r3", got.where("result_id = 'r3'").first().test_name, None,
+         "wrong encoding: a UTF-8 line in a GB18030 file", True),
+        (5, "r5", "\ufffd\ufffd", None, "wrong encoding: bytes that are not GB18030", True),
+        (6, "r4", "葡萄糖", None, None, False)],
+        "_source_line BIGINT, result_id STRING, test_name STRING, extra STRING, _error STRING, raw_kept BOOLEAN")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
-    assert bronze.select("_record_hash").distinct().count() == 3
 
 
 def test_latest_per_key_prefers_newest_update_then_latest_ingest(spark):

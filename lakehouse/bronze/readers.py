@@ -2,9 +2,9 @@
 
 `parse` returns one row per source record (CSV line, JSON line, HL7 repeating segment such as OBX)
 with `_source_file`, `_source_line`, `_entity` (where it is routed), `_error` (null for a good record,
-else why it goes to quarantine), `_raw` (the record's text) and the payload `project` reads the
-bronze columns from. Everything runs on the executors with Spark built-ins; the driver only reads
-the header line of the first CSV file of a group.
+else why it goes to quarantine), `_raw` (the record's text, kept for quarantined records only) and
+the payload `project` reads the bronze columns from. Everything runs on the executors with Spark
+built-ins; the driver only reads the first line of each CSV file (its header).
 
 Line numbers: `number` gives each record `monotonically_increasing_id()`, which counts up inside a
 partition; the rows of one file split are contiguous, so a small aggregate per (file, split) turns
@@ -118,17 +118,18 @@ def parse_csv(spark: SparkSession, sources: dict[str, EntitySource], paths: list
     error = (F.when(F.col(CORRUPT).isNotNull(),
                     F.concat(F.lit("malformed line: "), F.size(F.split(F.col(CORRUPT), delimiter, -1)).cast("string"),
                              F.lit(f" fields where the header has {len(names)}")))
-             .when(F.col("_raw").contains(REPLACEMENT), F.lit(f"wrong encoding: bytes that are not {source.encoding}"))
-             )
+             .when(F.col("_text").contains(REPLACEMENT),
+                   F.lit(f"wrong encoding: bytes that are not {source.encoding}")))
     if source.encoding.replace("-", "").upper() not in ("UTF8", "USASCII", "ASCII"):
         # a line sent as UTF-8 in a GB18030 (or other) file decodes without error into other characters
-        as_utf8 = F.is_valid_utf8(F.encode(F.col("_raw"), source.encoding).cast("string"))
-        error = error.when(F.col("_raw").rlike("[^\\x00-\\x7F]") & as_utf8,
+        as_utf8 = F.is_valid_utf8(F.encode(F.col("_text"), source.encoding).cast("string"))
+        error = error.when(F.col("_text").rlike("[^\\x00-\\x7F]") & as_utf8,
                            F.lit(f"wrong encoding: a UTF-8 line in a {source.encoding} file"))
-    return (raw.withColumn("_raw", text)
-            .select(*[F.col(f"`{c}`") for c in names], "_source_file", "_block", "_id",
-                    *_lines(2 if source.header else 1),
-                    F.lit(entity).alias("_entity"), error.alias("_error"), "_raw"))
+    # the line's text is rebuilt for the checks, but kept only for the records that go to quarantine
+    checked = raw.withColumn("_text", text).withColumn("_error", error.otherwise(None))
+    return checked.select(*[F.col(f"`{c}`") for c in names], "_source_file", "_block", "_id",
+                          *_lines(2 if source.header else 1), F.lit(entity).alias("_entity"), "_error",
+                          F.when(F.col("_error").isNotNull(), F.col("_text")).alias("_raw"))
 
 
 def project_csv(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
@@ -174,7 +175,7 @@ def parse_json(spark: SparkSession, sources: dict[str, EntitySource], paths: lis
                                F.lit(f"required {column} absent ({path})"))
     return (raw.withColumn("_entity", route)
             .select("value", "_source_file", "_block", "_id", "_line_offset", "_source_line", "_drop", "_entity",
-                    error.alias("_error"), value.alias("_raw")))
+                    error.alias("_error"), F.when(error.isNotNull(), value).alias("_raw")))
 
 
 def project_json(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
@@ -222,7 +223,8 @@ def parse_hl7(spark: SparkSession, sources: dict[str, EntitySource], paths: list
         "*", F.lit(1).alias("_line_offset"),
         (F.col("_first_line") + F.greatest(F.col("_pos"), F.lit(0))).cast("bigint").alias("_source_line"),
         F.lit(False).alias("_drop"), F.lit(entity).alias("_entity"), error.alias("_error"),
-        F.when(F.col("_pos") >= 0, F.col(row_segment)).otherwise(F.col("_message")).alias("_raw"),
+        F.when(error.isNull(), None).when(F.col("_pos") >= 0, F.col(row_segment)).otherwise(F.col("_message"))
+        .alias("_raw"),
     ).drop("_message", "_first_line", "_pos")
 
 
