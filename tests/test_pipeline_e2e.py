@@ -30,6 +30,7 @@ from lakehouse.catalog import (
 )
 from lakehouse.cli import main
 from lakehouse.ml.train import current
+from lakehouse.synth.dialects import dialect_for
 from lakehouse.synth.generator import read_truth
 
 pytestmark = pytest.mark.e2e
@@ -69,10 +70,15 @@ def test_silver_is_pseudonymous_and_links_one_person_across_hospitals(spark, reg
     contracted = [h for h, entities in _contracted(region).items() if "patient" in entities]
     records = read_truth(region.truth, "patient_records")
     records = records[records["hospital_id"].isin(contracted)]
-    defects = read_truth(region.truth, "defects").query("entity == 'patient' and kind == 'missing_required'")
-    defects = defects[defects["hospital_id"].isin(contracted)]
+    truth = read_truth(region.truth, "defects").query("entity == 'patient'")
+    defects = truth[(truth["kind"] == "missing_required") & truth["hospital_id"].isin(contracted)]
+    # a patient line bronze quarantined is lost to silver, unless the record came again on another line
+    landed = {(r._hospital_id, r.mrn) for r in io.read(spark, BRONZE["patient"], root).select(
+        "_hospital_id", "mrn").distinct().collect()}
+    quarantined = truth[truth["kind"].isin(["truncated_line", "wrong_encoding_line", "invalid_json"])]
+    lost = {(r.hospital_id, r.record_id) for r in quarantined.itertuples()} - landed
     # a record whose MRN was blanked is known only as "" (one per hospital)
-    assert person.count() == len(records) - len(defects) + defects["hospital_id"].nunique()
+    assert person.count() == len(records) - len(defects) + defects["hospital_id"].nunique() - len(lost)
     multi_hospital = records.groupby("person_id")["hospital_id"].nunique().gt(1).sum()
     persons_linked = person.groupBy("person_key").agg(F.countDistinct("hospital_id").alias("n")).where("n > 1").count()
     assert 0.8 * multi_hospital <= persons_linked <= multi_hospital  # same valid ID number; noise defeats some
@@ -84,7 +90,8 @@ def test_vault_holds_ciphertext_that_only_the_key_opens(spark, region):
     sample = vault.select("name_enc").first().name_enc
     contracted = list(_contracted(region))
     records = read_truth(region.truth, "patient_records")
-    names = set(records[records["hospital_id"].isin(contracted)]["name"])
+    native = [h for h in contracted if not dialect_for(int(h[1:]) - 1).pinyin_names]  # H05 writes names in pinyin
+    names = set(records[records["hospital_id"].isin(native)]["name"])
     assert not any(name.encode() in bytes(sample) for name in names)
     key = bytes.fromhex(TEST_KEYS["LAKEHOUSE_VAULT_KEY"])
     opened = {r.name for r in vault.select(F.aes_decrypt("name_enc", F.lit(key), F.lit("GCM"))
