@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
-	@echo "make demo   - generate a 3-hospital sample and run bronze -> silver -> gold -> train -> score"
+	@echo "make demo   - generate a 5-hospital sample (every dialect) and run bronze -> silver -> gold -> train -> score"
 	@echo "make test   - run the test suite (what CI runs)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - bench-ingest then bench-generator"

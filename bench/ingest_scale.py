@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[7_500, 75_000])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--results", default=None, help="results file name (default <date>-ingest.json)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     settings = load_settings(PROJECT / "conf", "local", str(out / "root"))
@@ -86,7 +88,7 @@ def main() -> None:
     for size in args.sizes:
         region = out / f"p{size}"
         generated = generate(region, patients=size, workers=args.workers, overwrite=True)
-        for fmt in FORMATS:
+        for fmt in args.formats:
             work = out / f"p{size}-{fmt}"
             shutil.rmtree(work, ignore_errors=True)
             files = link_format(settings, generated.landing, work / "landing", fmt)
@@ -116,7 +118,7 @@ def main() -> None:
     report = {"date": str(dt.date.today()), "cores": os.cpu_count(), "machine": platform.machine(),
               "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
               "spark_master": spark.sparkContext.master, "ingest": results}
-    (folder / f"{dt.date.today()}-ingest.json").write_text(json.dumps(report, indent=1) + "\n")
+    (folder / (args.results or f"{dt.date.today()}-ingest.json")).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

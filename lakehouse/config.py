@@ -66,7 +66,7 @@ class SecretSettings(Strict):
 
 class DemoSettings(Strict):
     out: str = "var/sample"
-    hospitals: PositiveInt = 3
+    hospitals: PositiveInt = 5
     patients: PositiveInt = 3000
     days: PositiveInt = 1
     seed: int = 42

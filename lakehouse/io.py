@@ -49,11 +49,17 @@ def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
     return Written(ref.qualified, latest_version(spark, ref, root), read(spark, ref, root).count())
 
 
+_REGISTERED: set[tuple[str, str, str]] = set()  # (Spark application, table, location) registered by this process
+
+
 def register(spark: SparkSession, ref: TableRef, root: str) -> None:
-    if spark.catalog.tableExists(ref.qualified):
+    """Name the table in the session catalog (once per session and location: it costs two catalog calls)."""
+    key = (spark.sparkContext.applicationId, ref.qualified, ref.path(root))
+    if key in _REGISTERED:
         return
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {ref.layer}")
     spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.qualified} USING DELTA LOCATION '{ref.path(root)}'")
+    _REGISTERED.add(key)
 
 
 def hadoop_path(spark: SparkSession, path: str):

@@ -113,7 +113,7 @@ def test_day_two_lands_only_new_files_a_rerun_changes_nothing_and_a_changed_file
     fourth = ingest(spark, local, str(landing), "batch-4")
     (row,) = fourth.ledger
     assert _relative(row[0]) == f"H05/{day2}/encounter-b0000.ndjson" and row[9] == "landed"
-    assert row[6] == len(lines) + 1 and "new version of a file first landed in batch batch-2" in row[10]
+    assert row[6] == len(lines) + 1 and "new version of a file first seen in batch batch-2" in row[10]
 
 
 H09_CONTRACT = """

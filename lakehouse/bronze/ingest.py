@@ -61,7 +61,7 @@ class LandingFile:
 
 @dataclass(frozen=True)
 class Group:
-    """Files of one hospital read together: same format and same entities."""
+    """Files of one hospital read together: same format and entities (and, for CSV, the same header)."""
 
     hospital_id: str
     fmt: str
@@ -342,7 +342,7 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
         balanced = read == landed + quarantined and quarantined == bad_rows
         notes = [f"{quarantined} rows quarantined"] if quarantined else []
         if f.previous_batch:
-            notes.append(f"new version of a file first landed in batch {f.previous_batch}")
+            notes.append(f"new version of a file first seen in batch {f.previous_batch}")
         if not balanced:
             unbalanced.append(path)
             notes.insert(0, f"read {read} but wrote {landed} to bronze and {quarantined} to quarantine "

@@ -149,21 +149,77 @@ def _columns(source: EntitySource, read) -> list[Column]:
 
 # --- JSON lines and FHIR R4 NDJSON ----------------------------------------------------------------
 
+def json_path(path: str) -> list[tuple[str, int | None]]:
+    """`$.code.coding[0].code` -> [("code", None), ("coding", 0), ("code", None)]."""
+    steps = []
+    for part in path[2:].split("."):
+        name, *indexes = part.replace("]", "").split("[")
+        if len(indexes) > 1:
+            raise ValueError(f"nested arrays are not supported: {path}")
+        steps.append((name, int(indexes[0]) if indexes else None))
+    return steps
+
+
+def json_schema(paths: list[str]) -> T.StructType:
+    """The smallest schema that holds every path, leaves as strings (a number or an object is kept as its
+    JSON text), so each line is parsed once by `from_json` instead of once per column."""
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        for i, (name, index) in enumerate(json_path(path)):
+            leaf = i == len(json_path(path)) - 1
+            kind, children = node.get(name, (None, {}))
+            kind = "array" if index is not None else (kind or "value")
+            node[name] = (kind, children)
+            if not leaf:
+                node = children
+
+    def build(node: dict) -> T.StructType:
+        fields = []
+        for name, (kind, children) in sorted(node.items()):
+            inner = build(children) if children else T.StringType()
+            fields.append(T.StructField(name, T.ArrayType(inner) if kind == "array" else inner))
+        return T.StructType(fields)
+
+    return T.StructType([*build(tree).fields, T.StructField(CORRUPT, T.StringType())])
+
+
+def json_value(parsed: Column, path: str) -> Column:
+    """The value at `path` in a `from_json` struct; null when absent."""
+    value = parsed
+    for name, index in json_path(path):
+        value = value.getField(name)
+        if index is not None:
+            value = F.get(value, index)
+    return value
+
+
+def _json_paths(sources: dict[str, EntitySource]) -> list[str]:
+    paths = {"$.resourceType"}
+    for source in sources.values():
+        paths |= set(source.sent().values()) | set(source.match)
+    return sorted(paths)
+
+
 def parse_json(spark: SparkSession, sources: dict[str, EntitySource], paths: list[str]) -> DataFrame:
-    """One record per non-blank line; each routed to the entity whose resourceType and `match` it has."""
+    """One record per non-blank line, parsed once; each routed to the entity whose resourceType and `match`
+    it has."""
     raw = _scan(spark.read.text(paths)).select("*", *_lines(1, F.trim("value") == ""))
     if len(sources) > 1:  # records are routed apart below: number them while they are still all there
         raw = number(raw)
-    value = F.col("value")
-    resource_type = F.get_json_object(value, "$.resourceType")
+    schema = json_schema(_json_paths(sources))
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    parsed = raw.withColumn("_json", F.from_json("value", schema, options))
+    record = F.col("_json")
+    resource_type = json_value(record, "$.resourceType")
     route = None
     for entity, source in sorted(sources.items()):
         condition = resource_type == source.resource_type if source.resource_type else F.lit(True)
         for path, expected in source.match.items():
-            condition = condition & (F.get_json_object(value, path) == expected)
+            condition = condition & (json_value(record, path) == expected)
         route = F.when(condition, F.lit(entity)) if route is None else route.when(condition, F.lit(entity))
     expected_types = sorted({s.resource_type for s in sources.values() if s.resource_type})
-    error = (F.when(F.get_json_object(value, "$").isNull(), F.lit("invalid JSON"))
+    error = (F.when(record.isNull() | record.getField(CORRUPT).isNotNull(), F.lit("invalid JSON"))
              .when(F.col("_entity").isNull(),
                    F.concat(F.lit("not routed: resourceType "), F.coalesce(resource_type, F.lit("(none)")),
                             F.lit(f" does not match the contract's entities for this file ({expected_types})"
@@ -171,15 +227,15 @@ def parse_json(spark: SparkSession, sources: dict[str, EntitySource], paths: lis
     for entity, source in sorted(sources.items()):
         for column in source.required:
             path = source.columns[column]
-            error = error.when((F.col("_entity") == entity) & F.get_json_object(value, path).isNull(),
+            error = error.when((F.col("_entity") == entity) & json_value(record, path).isNull(),
                                F.lit(f"required {column} absent ({path})"))
-    return (raw.withColumn("_entity", route)
-            .select("value", "_source_file", "_block", "_id", "_line_offset", "_source_line", "_drop", "_entity",
-                    error.alias("_error"), F.when(error.isNotNull(), value).alias("_raw")))
+    return (parsed.withColumn("_entity", route)
+            .select("value", "_json", "_source_file", "_block", "_id", "_line_offset", "_source_line", "_drop",
+                    "_entity", error.alias("_error"), F.when(error.isNotNull(), F.col("value")).alias("_raw")))
 
 
 def project_json(records: DataFrame, source: EntitySource) -> tuple[list[Column], Column]:
-    columns = _columns(source, lambda path: F.get_json_object("value", path))
+    columns = _columns(source, lambda path: json_value(F.col("_json"), path))
     return columns, F.create_map(F.lit("_record"), F.col("value"))  # the whole record is kept as received
 
 
