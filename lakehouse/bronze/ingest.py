@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -67,6 +67,7 @@ class Group:
     fmt: str
     entities: tuple[str, ...]
     files: tuple[LandingFile, ...]
+    header: str = ""  # CSV: the header line its files share
 
 
 @dataclass
@@ -193,7 +194,8 @@ def groups_of(spark: SparkSession, settings: Settings,
                 failed.append((f, _reason(err)))
                 continue
         grouped.setdefault((f.hospital_id, source.format, f.entities, header), []).append(f)
-    groups = [Group(h, fmt, entities, tuple(members)) for (h, fmt, entities, _), members in sorted(grouped.items())]
+    groups = [Group(h, fmt, entities, tuple(members), header)
+              for (h, fmt, entities, header), members in sorted(grouped.items())]
     return groups, failed
 
 
@@ -247,7 +249,7 @@ def parse_entity(spark: SparkSession, settings: Settings, entity: str,
                     continue
         for f in g.files:
             try:
-                parsed.append(_parse(spark, settings, entity, [Group(g.hospital_id, g.fmt, g.entities, (f,))]))
+                parsed.append(_parse(spark, settings, entity, [replace(g, files=(f,))]))
             except Exception as err:
                 failed.append((f, _reason(err)))
     return parsed, failed
@@ -284,21 +286,25 @@ def record_hash(columns: tuple[str, ...]) -> Column:
     return F.sha2(F.concat_ws("\u241f", *[F.coalesce(F.col(f"`{c}`"), F.lit("\u2400")) for c in columns]), 256)
 
 
-def landed_per_file(spark: SparkSession, settings: Settings, entities: set[str], batch_id: str) -> dict[str, tuple]:
-    """What the tables hold for this batch, read back: file -> (rows in bronze, rows in quarantine)."""
-    parts = [io.read(spark, BRONZE[e], settings.root).where(F.col("_batch_id") == batch_id)
-             .select("_source_file", F.lit(1).alias("landed"), F.lit(0).alias("quarantined"))
-             for e in sorted(entities)]
+def rows_per_file(spark: SparkSession, settings: Settings, batch_id: str | None = None) -> DataFrame:
+    """(path, batch_id, bronze_rows, quarantine_rows) as the tables hold them, over every bronze table and
+    ops.quarantine; only `batch_id`'s rows when given (Delta skips the other batches' files by statistics)."""
+    def of_batch(frame: DataFrame, column: str) -> DataFrame:
+        return frame if batch_id is None else frame.where(F.col(column) == batch_id)
+
+    parts = [of_batch(io.read(spark, ref, settings.root), "_batch_id")
+             .select(F.col("_source_file").alias("path"), F.col("_batch_id").alias("batch_id"),
+                     F.lit(1).alias("bronze_rows"), F.lit(0).alias("quarantine_rows"))
+             for ref in BRONZE.values() if io.exists(spark, ref, settings.root)]
     if io.exists(spark, QUARANTINE, settings.root):
-        parts.append(io.read(spark, QUARANTINE, settings.root)
-                     .where((F.col("batch_id") == batch_id) & (F.col("layer") == "bronze"))
-                     .select(F.col("source_file").alias("_source_file"), F.lit(0).alias("landed"),
-                             F.lit(1).alias("quarantined")))
+        parts.append(of_batch(io.read(spark, QUARANTINE, settings.root), "batch_id").where(F.col("layer") == "bronze")
+                     .select(F.col("source_file").alias("path"), "batch_id", F.lit(0).alias("bronze_rows"),
+                             F.lit(1).alias("quarantine_rows")))
     if not parts:
-        return {}
-    totals = (reduce(DataFrame.unionByName, parts).groupBy("_source_file")
-              .agg(F.sum("landed").alias("landed"), F.sum("quarantined").alias("quarantined")).collect())
-    return {row._source_file: (row.landed, row.quarantined) for row in totals}  # one row per file
+        return spark.createDataFrame([], "path STRING, batch_id STRING, bronze_rows BIGINT, quarantine_rows BIGINT")
+    return (reduce(DataFrame.unionByName, parts).groupBy("path", "batch_id")
+            .agg(F.sum("bronze_rows").cast("bigint").alias("bronze_rows"),
+                 F.sum("quarantine_rows").cast("bigint").alias("quarantine_rows")))
 
 
 def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str) -> IngestResult:
@@ -322,7 +328,8 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
         bad = [quarantine_rows(p, batch_id) for p in parsed if any(n for _, n in p.counts.values())]
         if bad:
             written.append(io.append(spark, reduce(DataFrame.unionByName, bad), QUARANTINE, settings.root))
-        actual = landed_per_file(spark, settings, {p.entity for p in parsed}, batch_id) if parsed else {}
+        actual = ({row.path: (row.bronze_rows, row.quarantine_rows)  # read back: one row per file
+                   for row in rows_per_file(spark, settings, batch_id).collect()} if parsed else {})
     finally:
         for p in parsed:
             p.frame.unpersist()

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import readers
 from lakehouse.bronze.ingest import LandingFile, groups_of, list_files, match_contract, parse_entity
 from lakehouse.catalog import DATE_COLUMNS, NUMBER_COLUMNS, TIME_COLUMNS
 from lakehouse.config import EntitySource, Settings
@@ -119,7 +118,7 @@ def profile_source(spark: SparkSession, settings: Settings, hospital_id: str, la
     for g in groups:
         if g.fmt == "csv":
             source = contract.entities[g.entities[0]]
-            header = readers.first_line(spark, g.files[0].path, source.encoding).split(source.delimiter)
+            header = g.header.split(source.delimiter)  # read once when the files were grouped
             sent = set(source.sent().values())
             report.unmapped.setdefault(g.entities[0], [])
             report.unmapped[g.entities[0]] += [c for c in header if c not in sent

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from functools import reduce
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import io
-from lakehouse.bronze.ingest import LANDED
-from lakehouse.catalog import BRONZE, INGEST_LEDGER, QUARANTINE
+from lakehouse.bronze.ingest import LANDED, rows_per_file
+from lakehouse.catalog import INGEST_LEDGER
 from lakehouse.config import Settings
-
-_COUNTS = "path STRING, batch_id STRING, bronze_rows BIGINT, quarantine_rows BIGINT"
-
-
-def rows_per_file(spark: SparkSession, settings: Settings) -> DataFrame:
-    """(path, batch_id, bronze_rows, quarantine_rows) over every bronze table and ops.quarantine."""
-    parts = [io.read(spark, ref, settings.root)
-             .select(F.col("_source_file").alias("path"), F.col("_batch_id").alias("batch_id"),
-                     F.lit(1).alias("bronze_rows"), F.lit(0).alias("quarantine_rows"))
-             for ref in BRONZE.values() if io.exists(spark, ref, settings.root)]
-    if io.exists(spark, QUARANTINE, settings.root):
-        parts.append(io.read(spark, QUARANTINE, settings.root).where(F.col("layer") == "bronze")
-                     .select(F.col("source_file").alias("path"), "batch_id", F.lit(0).alias("bronze_rows"),
-                             F.lit(1).alias("quarantine_rows")))
-    if not parts:
-        return spark.createDataFrame([], _COUNTS)
-    return (reduce(DataFrame.unionByName, parts).groupBy("path", "batch_id")
-            .agg(F.sum("bronze_rows").cast("bigint").alias("bronze_rows"),
-                 F.sum("quarantine_rows").cast("bigint").alias("quarantine_rows")))
 
 
 def reconcile(spark: SparkSession, settings: Settings) -> DataFrame:
