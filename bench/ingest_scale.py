@@ -7,7 +7,8 @@ for each format (csv: plain, TSV, BOM and gzip CSV of H01-H04; hl7v2: H04's labs
 files of that format are linked into a landing folder of their own and:
 
   baseline  a plain Spark read of the same files written as Delta: CSV read per hospital and entity with
-            its delimiter, encoding and header, HL7 and NDJSON read as text lines; nothing else
+            its delimiter, encoding and header, NDJSON with Spark's JSON reader (schema inferred), HL7 v2
+            (no Spark reader exists) as text lines; nothing else
   ingest    `lakehouse ingest` into a fresh root: hashing and the ledger, parsing, quarantine, line
             numbers, lineage, the per-file read-back check
   rerun     ingest again on the same folder (every file already in the ledger: a no-op)
@@ -66,6 +67,8 @@ def baseline(spark, settings, files: list[tuple[str, str, Path]], fmt: str, root
         if fmt == "csv":
             frame = (spark.read.option("header", str(source.header).lower()).option("sep", source.delimiter)
                      .option("encoding", source.encoding).csv(paths))
+        elif fmt in ("fhir_ndjson", "jsonl"):
+            frame = spark.read.json(paths)
         else:
             frame = spark.read.text(paths)
         frame.write.format("delta").mode("append").save(str(root / f"{hospital}_{entity}"))

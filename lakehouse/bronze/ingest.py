@@ -72,11 +72,12 @@ class Group:
 
 @dataclass
 class Parsed:
-    """One entity's records from some groups, numbered and cached, with each file's counts."""
+    """One entity's records from some groups, numbered (from `cached`), with each file's counts."""
 
     entity: str
     files: list[LandingFile]
     frame: DataFrame
+    cached: DataFrame
     counts: dict[str, tuple[int, int]]  # file -> (rows read, rows quarantined)
 
 
@@ -215,17 +216,26 @@ def entity_rows(spark: SparkSession, settings: Settings, group: Group, entity: s
 
 
 def _parse(spark: SparkSession, settings: Settings, entity: str, groups: list[Group]) -> Parsed:
-    """Parse, number and cache; counting each file's records forces the whole read."""
-    union = reduce(DataFrame.unionByName, [entity_rows(spark, settings, g, entity) for g in groups])
-    frame = readers.number(union).where(~F.col("_drop")).drop("_drop", "_block", "_id", "_line_offset").persist()
+    """Parse and cache, in one pass over the files: an aggregate over the cached rows gives each file split's
+    records (so they are numbered without reading the files again) and each file's records read and bad."""
+    union = reduce(DataFrame.unionByName, [entity_rows(spark, settings, g, entity) for g in groups]).persist()
+    kept = ~F.col("_drop")
     try:
-        counted = (frame.groupBy("_source_file")
-                   .agg(F.count("*").alias("n"), F.count("_error").alias("bad")).collect())  # one row per file
+        counted = (union.groupBy("_source_file", "_block")
+                   .agg(F.min("_id").alias("_first_id"), F.count("*").alias("_n"),
+                        F.count(F.when(kept, 1)).alias("read"), F.count(F.when(kept, F.col("_error"))).alias("bad"))
+                   .collect())  # one row per file split
     except Exception:
-        frame.unpersist()
+        union.unpersist()
         raise
-    return Parsed(entity, [f for g in groups for f in g.files], frame,
-                  {row._source_file: (row.n, row.bad) for row in counted})
+    splits = spark.createDataFrame([(r._source_file, r._block, r._first_id, r._n) for r in counted],
+                                   "_source_file STRING, _block BIGINT, _first_id BIGINT, _n BIGINT")
+    frame = readers.number(union, splits).where(kept).drop("_drop", "_block", "_id", "_line_offset")
+    counts: dict[str, tuple[int, int]] = {}
+    for r in counted:
+        read, bad = counts.get(r._source_file, (0, 0))
+        counts[r._source_file] = (read + r.read, bad + r.bad)
+    return Parsed(entity, [f for g in groups for f in g.files], frame, union, counts)
 
 
 def parse_entity(spark: SparkSession, settings: Settings, entity: str,
@@ -332,7 +342,7 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
                    for row in rows_per_file(spark, settings, batch_id).collect()} if parsed else {})
     finally:
         for p in parsed:
-            p.frame.unpersist()
+            p.cached.unpersist()
     ledger += [_ledger_row(f, batch_id, 0, 0, 0, FAILED, reason) for f, reason in failed.values()]
     expected: dict[str, list[int]] = {}
     for p in parsed:

@@ -55,18 +55,24 @@ def _scan(frame: DataFrame) -> DataFrame:
                         F.monotonically_increasing_id().alias("_id"))
 
 
-def number(frame: DataFrame) -> DataFrame:
+def splits(frame: DataFrame) -> DataFrame:
+    """One row per (file, split): the split's first `_id` and its number of records, `_n`."""
+    return frame.groupBy("_source_file", "_block").agg(F.min("_id").alias("_first_id"), F.count("*").alias("_n"))
+
+
+def number(frame: DataFrame, counted: DataFrame | None = None) -> DataFrame:
     """Fill `_source_line` where it is null: the record's ordinal in its file, from `_line_offset` on.
 
     Must run on rows straight from the file scans (unions of them are fine): no row may be filtered out
-    before, or the ordinals after it would shift.
+    before, or the ordinals after it would shift. `counted` is `splits(frame)` when the caller has it
+    already (computed from a cached frame, it saves a pass over the files).
     """
-    splits = frame.groupBy("_source_file", "_block").agg(F.min("_id").alias("_first_id"), F.count("*").alias("_n"))
+    counted = splits(frame) if counted is None else counted
     before = Window.partitionBy("_source_file").orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
-    splits = splits.select("_source_file", "_block", "_first_id",
-                           F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_before"))
+    offsets = counted.select("_source_file", "_block", "_first_id",
+                             F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_before"))
     ordinal = F.col("_id") - F.col("_first_id") + F.col("_before") + F.col("_line_offset")
-    return (frame.join(F.broadcast(splits), ["_source_file", "_block"])
+    return (frame.join(F.broadcast(offsets), ["_source_file", "_block"])
             .withColumn("_source_line", F.coalesce(F.col("_source_line"), ordinal.cast("bigint")))
             .drop("_first_id", "_before"))
 
