@@ -8,16 +8,17 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint bench bench-ingest bench-generator clean help
+.PHONY: setup demo test lint bench bench-ingest bench-refine bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
 	@echo "make demo   - generate a 5-hospital sample (every dialect) and run bronze -> silver -> gold -> train -> score"
 	@echo "make test   - run the test suite (what CI runs)"
 	@echo "make lint   - ruff"
-	@echo "make bench  - bench-ingest then bench-generator"
+	@echo "make bench  - bench-ingest, bench-refine, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"
+	@echo "make bench-refine    - silver refine rows/s and a day-2 increment's cost vs a full rebuild, at REFINE_SIZES"
 	@echo "make bench-generator - generator throughput at GEN_SIZES persons (default 100000 1000000; ~20 min, 28 GB)"
 	@echo "make clean  - remove var/ (all generated data, Delta tables, MLflow stores)"
 
@@ -46,10 +47,14 @@ lint: setup
 # Benchmarks are measured, never part of `make test`; results go to bench/results/<date>-*.json.
 GEN_SIZES ?= 100000 1000000
 INGEST_SIZES ?= 7500 75000
-bench: bench-ingest bench-generator
+REFINE_SIZES ?= 7500 30000
+bench: bench-ingest bench-refine bench-generator
 
 bench-ingest: setup
 	$(BIN)/python bench/ingest_scale.py --sizes $(INGEST_SIZES) --workers $$(nproc) --out var/bench/ingest
+
+bench-refine: setup
+	$(BIN)/python bench/refine_scale.py --sizes $(REFINE_SIZES) --workers $$(nproc) --out var/bench/refine
 
 bench-generator: setup
 	$(BIN)/python bench/generator_scale.py --sizes $(GEN_SIZES) --workers $$(nproc) --out var/bench/gen

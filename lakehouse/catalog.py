@@ -114,6 +114,20 @@ QUARANTINE = TableRef(
     description="records that could not be used, with the reason, file and line",
 )
 
+DQ_RESULT = TableRef(
+    "ops", "dq_result",
+    "run_id STRING, table STRING, rule STRING, kind STRING, category STRING, severity STRING, action STRING, "
+    "hospital_id STRING, checked_rows BIGINT, failed_rows BIGINT, pass_rate DOUBLE, threshold DOUBLE, "
+    "status STRING, evaluated_at TIMESTAMP",
+    description="one row per refine run, data-quality rule or table check, and hospital",
+)
+
+REFINE_STATE = TableRef(
+    "ops", "refine_state",
+    "batch_id STRING, config_hash STRING, run_id STRING, refined_at TIMESTAMP",
+    description="bronze batches a refine has merged into silver, with the configuration it used",
+)
+
 # --- vault: direct identifiers, encrypted column by column ---------------------------------------
 
 IDENTITY = TableRef(
@@ -125,7 +139,7 @@ IDENTITY = TableRef(
 
 # --- silver: the region's standard clinical model ------------------------------------------------
 
-_LINEAGE_SILVER = "source_file STRING, source_line BIGINT, batch_id STRING"
+_LINEAGE_SILVER = "dq_flags ARRAY<STRING>, source_file STRING, source_line BIGINT, batch_id STRING"
 PERSON = TableRef(
     "silver", "person",
     f"patient_key STRING, person_key STRING, hospital_id STRING, sex STRING, birth_year INT, "
@@ -143,20 +157,83 @@ ENCOUNTER = TableRef(
 )
 DIAGNOSIS = TableRef(
     "silver", "diagnosis",
-    f"diagnosis_key STRING, hospital_id STRING, encounter_key STRING, person_key STRING, "
+    f"diagnosis_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, "
     f"icd10_code STRING, source_code STRING, source_name STRING, is_mapped BOOLEAN, "
     f"diagnosis_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("diagnosis_key",), description="diagnoses with normalized ICD-10 codes",
 )
 LAB_RESULT = TableRef(
     "silver", "lab_result",
-    f"lab_key STRING, hospital_id STRING, encounter_key STRING, person_key STRING, loinc_code STRING, "
+    f"lab_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, loinc_code STRING, "
     f"source_code STRING, source_name STRING, source_value STRING, source_unit STRING, "
     f"value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, result_time TIMESTAMP, "
     f"vocab_version STRING, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("lab_key",), description="lab results in LOINC codes and one canonical unit per test",
 )
-SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, LAB_RESULT)}
+PROCEDURE = TableRef(
+    "silver", "procedure",
+    f"procedure_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, icd9cm3_code STRING, "
+    f"source_code STRING, source_name STRING, is_mapped BOOLEAN, procedure_time TIMESTAMP, vocab_version STRING, "
+    f"updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("procedure_key",), description="operations and procedures in ICD-9-CM-3",
+)
+VITAL_SIGN = TableRef(
+    "silver", "vital_sign",
+    f"vital_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, loinc_code STRING, "
+    f"source_code STRING, source_name STRING, source_value STRING, source_unit STRING, "
+    f"value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, measured_at TIMESTAMP, "
+    f"vocab_version STRING, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("vital_key",), description="nursing vital signs in LOINC codes and one canonical unit per measure",
+)
+MEDICATION = TableRef(
+    "silver", "medication",
+    f"medication_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, atc_code STRING, "
+    f"source_code STRING, source_name STRING, dose DOUBLE, source_dose STRING, dose_unit STRING, route STRING, "
+    f"frequency STRING, is_mapped BOOLEAN, start_time TIMESTAMP, end_time TIMESTAMP, vocab_version STRING, "
+    f"updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("medication_key",), description="medication orders in ATC codes",
+)
+IMAGING_REPORT = TableRef(
+    "silver", "imaging_report",
+    f"report_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, modality STRING, "
+    f"body_part STRING, report_text STRING, report_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("report_key",), description="imaging reports (PACS); text with phone and ID numbers masked",
+)
+NOTE = TableRef(
+    "silver", "note",
+    f"note_key STRING, hospital_id STRING, source_id STRING, "
+    f"encounter_key STRING, person_key STRING, note_type STRING, "
+    f"note_text STRING, note_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
+    keys=("note_key",), description="clinical notes; text with phone and ID numbers masked",
+)
+SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESULT, VITAL_SIGN, MEDICATION,
+                              IMAGING_REPORT, NOTE)}
+# what each silver column means: the README's schema section is written from this
+SILVER_COLUMN_DOCS = {
+    "patient_key": "keyed hash of (hospital, MRN): one hospital's patient record",
+    "person_key": "the region's person: keyed hash of a valid national ID, else the patient_key",
+    "encounter_key": "keyed hash of (hospital, source encounter id)",
+    "hospital_id": "the hospital that sent the record",
+    "source_id": "the record's id in its hospital's system (with hospital_id: the source record key)",
+    "dq_flags": "names of the data-quality rules (action warn) the row fails; see conf/dq/",
+    "source_code": "the code as the hospital sent it (trimmed, half-width)",
+    "source_name": "the test, drug, diagnosis or procedure name as sent",
+    "source_value": "the value as sent, before unit conversion",
+    "source_unit": "the unit as sent",
+    "is_mapped": "the source code maps to the standard vocabulary (else the standard code is null)",
+    "unit_ok": "the source unit is known for the code and was converted to the canonical unit",
+    "vocab_version": "conf/vocab/VERSION at the refine that wrote the row",
+    "updated_at": "the source system's update time (resends: the latest wins)",
+    "source_file": "bronze lineage: the landing file of the row",
+    "source_line": "bronze lineage: the record's line in that file",
+    "batch_id": "the ingest batch that landed the row",
+}
 
 # --- gold ----------------------------------------------------------------------------------------
 

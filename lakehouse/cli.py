@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pyspark.sql import functions as F
 
@@ -62,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-unparsed", type=float, default=0.05,
                           help="largest share of a column's values that may fail to parse (default 0.05)")
     force = "re-run even when inputs and configuration are unchanged since the last successful run"
-    add("refine", "bronze -> silver: standard codes, units, merged resends, encrypted identity vault"
-        ).add_argument("--force", action="store_true", help=force)
+    refine_command = add("refine", "bronze -> silver: the bronze batches not refined yet, with standard codes, "
+                         "units, merged resends, data-quality rules, encrypted identity vault")
+    refine_command.add_argument("--force", action="store_true", help=force)
+    refine_command.add_argument("--full", action="store_true",
+                                help="re-read all of bronze and re-map every silver row (also done by itself when "
+                                     "the configuration changed since the last refine)")
     add("build", "silver -> gold: patient timeline and feature tables").add_argument(
         "--force", action="store_true", help=force)
     train = add("train", "train, evaluate, log to MLflow and register a model per task")
@@ -77,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_all.add_argument("--force", action="store_true", help=force)
     add("reconcile", "check every landed file: rows read = landed + quarantined, and both are what bronze and "
         "ops.quarantine hold; exit 1 if not")
+    coverage = add("vocab-coverage", "mapping coverage of codes to the standard vocabularies per hospital and "
+                   "entity, and the most frequent unmapped codes")
+    coverage.add_argument("--top", type=int, default=5, help="unmapped codes listed per hospital and entity")
+    report = add("dq-report", "write the data-quality report (HTML) from ops.dq_result")
+    report.add_argument("--out", required=True, help="folder for dq-report.html")
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
     return parser
 
@@ -140,7 +150,7 @@ def _validate_source(args, settings: Settings) -> int:
 
 def _refine(args, settings: Settings) -> int:
     secrets.pseudonym_key(settings), secrets.vault_key(settings)  # refuse before Spark starts
-    pipeline.run_refine(_spark(settings), settings, args.force)
+    pipeline.run_refine(_spark(settings), settings, args.force, args.full)
     return 0
 
 
@@ -211,6 +221,32 @@ def _reconcile(args, settings: Settings) -> int:
     return 0 if totals.files == (totals.balanced or 0) else 1
 
 
+def _vocab_coverage(args, settings: Settings) -> int:
+    from lakehouse.silver.report import coverage, top_unmapped
+
+    spark = _spark(settings)
+    rows = coverage(spark, settings.root).orderBy("hospital_id", "entity").collect()  # hospitals x entities
+    print(f"{'hospital':<10}{'entity':<16}{'rows':>10}{'mapped':>10}{'coverage':>10}")
+    for r in rows:
+        print(f"{r.hospital_id:<10}{r.entity:<16}{r.rows:>10}{r.mapped:>10}{r.coverage:>10.2%}")
+    unmapped = top_unmapped(spark, settings.root, args.top).orderBy("hospital_id", "entity", "rank").collect()
+    if unmapped:
+        print(f"top unmapped codes (at most {args.top} per hospital and entity):")
+    for r in unmapped:
+        print(f"  {r.hospital_id} {r.entity}: {r.source_code!s} ({r.source_name or ''}) x{r.rows}")
+    return 0
+
+
+def _dq_report(args, settings: Settings) -> int:
+    from lakehouse.silver.report import dq_report
+
+    report = dq_report(_spark(settings), settings.root, Path(args.out))
+    print(f"wrote {report.path} ({report.runs} runs); failing in the latest run: {len(report.failing)}")
+    for table, rule, hospital in report.failing[:20]:
+        print(f"  FAIL {table}.{rule} at {hospital}")
+    return 0
+
+
 def _init_secrets(args, settings: Settings) -> int:
     file, created = secrets.init_secrets(settings)
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
@@ -227,6 +263,8 @@ COMMANDS: dict[str, Callable] = {
     "score": _score,
     "run-all": _run_all,
     "reconcile": _reconcile,
+    "vocab-coverage": _vocab_coverage,
+    "dq-report": _dq_report,
     "init-secrets": _init_secrets,
 }
 

@@ -5,6 +5,7 @@ Layout (all YAML):
     conf/<env>/lakehouse.yaml     environment overlay (local, cluster), merged key by key
     conf/sources/<hospital>.yaml  one source contract per hospital
     conf/tasks/<task>.yaml        prediction tasks
+    conf/dq/<table>.yaml          data-quality rules of one silver table
     conf/vocab/*.csv              vocabularies (read by the silver stage, not here)
 
 Every error names the file and the dotted key, and is raised before any data is touched.
@@ -181,6 +182,49 @@ class TaskSpec(Strict):
     promotion_margin: float = Field(0.0, ge=0)
 
 
+# --- data-quality rules -------------------------------------------------------------------------
+
+# Kahn et al.'s harmonized data-quality terms: conformance, completeness, plausibility (atemporal, temporal,
+# uniqueness)
+DqCategory = Literal["conformance", "completeness", "plausibility.atemporal", "plausibility.temporal",
+                     "plausibility.uniqueness"]
+SilverTable = Literal["person", "encounter", "diagnosis", "procedure", "lab_result", "vital_sign", "medication",
+                      "imaging_report", "note"]
+RULE_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class DqRule(Strict):
+    """A row rule: `expression` is Spark SQL, true (or null) for a good row."""
+
+    name: str = Field(pattern=RULE_NAME)
+    description: str
+    expression: str = Field(min_length=1)
+    category: DqCategory
+    severity: Literal["info", "warning", "error"] = "warning"
+    action: Literal["warn", "quarantine", "fail"] = "warn"
+    threshold: float = Field(0.99, ge=0, le=1, description="pass rate below which the rule's status is fail")
+
+
+class DqCheck(Strict):
+    """A table rule over the merged silver table, per hospital."""
+
+    name: str = Field(pattern=RULE_NAME)
+    description: str
+    kind: Literal["completeness", "uniqueness", "referential"]
+    columns: list[str] = Field(min_length=1)
+    references: str | None = Field(None, pattern=r"^silver\.[a-z_]+\.[a-z_]+$",
+                                   description="referential: silver.<table>.<column> the column must exist in")
+    category: DqCategory
+    severity: Literal["info", "warning", "error"] = "warning"
+    threshold: float = Field(0.99, ge=0, le=1)
+
+
+class DqTable(Strict):
+    table: SilverTable
+    rules: list[DqRule] = []
+    checks: list[DqCheck] = []
+
+
 # --- the whole configuration --------------------------------------------------------------------
 
 class Settings(BaseModel):
@@ -194,6 +238,7 @@ class Settings(BaseModel):
     root: str
     sources: dict[str, SourceContract]
     tasks: dict[str, TaskSpec]
+    dq: dict[str, DqTable] = {}
     config_hash: str
 
     @property
@@ -246,18 +291,20 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
         _check_columns(file, contract)
     tasks = {spec.name: spec for spec in _load_dir(conf_dir / "tasks", TaskSpec).values()}
     _check_task_features(conf_dir / "tasks", tasks)
+    dq = _load_dq(conf_dir / "dq")
 
     digest = hashlib.sha256(
         json.dumps(
             {"main": main.model_dump(), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
+             "dq": {k: v.model_dump() for k, v in dq.items()},
              "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
                        if f.is_file()}},
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
-                        tasks=tasks, config_hash=digest)
+                        tasks=tasks, dq=dq, config_hash=digest)
     return settings.model_copy(update={"root": settings.path(chosen_root)})
 
 
@@ -377,3 +424,21 @@ def _check_task_features(folder: Path, tasks: dict[str, TaskSpec]) -> None:
             if name not in FEATURES:
                 raise ConfigError(str(folder / f"{spec.name}.yaml"), f"features.{i}",
                                   f"unknown feature {name!r}; known: {sorted(FEATURES)}")
+
+
+def _load_dq(folder: Path) -> dict[str, DqTable]:
+    """One file per silver table; rule and check names unique across all of them (dq_result is keyed by name)."""
+    tables: dict[str, DqTable] = {}
+    seen: dict[str, str] = {}
+    for file, table in _load_dir(folder, DqTable).items():
+        if table.table in tables:
+            raise ConfigError(file, "table", f"{table.table} has rules in another file too")
+        tables[table.table] = table
+        for kind, items in (("rules", table.rules), ("checks", table.checks)):
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    raise ConfigError(file, f"{kind}.{i}.name", f"{item.name!r} is also defined in {seen[item.name]}")
+                seen[item.name] = file
+                if kind == "checks" and (item.kind == "referential") != (item.references is not None):
+                    raise ConfigError(file, f"{kind}.{i}.references", "required by, and only by, kind referential")
+    return tables

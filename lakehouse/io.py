@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lakehouse.catalog import LAYERS, TableRef
 
@@ -102,21 +103,40 @@ def overwrite(spark: SparkSession, df: DataFrame, ref: TableRef, root: str) -> W
 
 
 def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
-          keys: tuple[str, ...] | None = None, update_when: str | None = None) -> Written:
+          keys: tuple[str, ...] | None = None, update_when: str | None = None,
+          delete_column: str | None = None) -> Written:
     """Upsert by key: update matched rows (optionally only `update_when`), insert new ones.
 
     Creates the table on first use. `update_when` compares `t.` (target) and `s.` (source) columns,
     for example "s.updated_at > t.updated_at", so a re-run with the same data changes no row.
+    `delete_column` names a boolean source column (not in the table): true deletes the matched row
+    (under the same `update_when`) and inserts nothing.
     """
     keys = keys or ref.keys
     path = ref.path(root)
     if not DeltaTable.isDeltaTable(spark, path):
+        if delete_column:
+            df = df.where(~F.col(delete_column)).drop(delete_column)
         df.write.format("delta").mode("append").save(path)
         return _finish(spark, ref, root)
     condition = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
-    (DeltaTable.forPath(spark, path).alias("t")
-     .merge(df.alias("s"), condition)
-     .whenMatchedUpdateAll(condition=update_when)
-     .whenNotMatchedInsertAll()
-     .execute())
+    builder = DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), condition)
+    if delete_column:
+        columns = {c: f"s.`{c}`" for c in df.columns if c != delete_column}
+        deleted = f"s.`{delete_column}`" + (f" AND ({update_when})" if update_when else "")
+        updated = f"NOT s.`{delete_column}`" + (f" AND ({update_when})" if update_when else "")
+        builder = (builder.whenMatchedDelete(condition=deleted)
+                   .whenMatchedUpdate(condition=updated, set=columns)
+                   .whenNotMatchedInsert(condition=f"NOT s.`{delete_column}`", values=columns))
+    else:
+        builder = builder.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
+    builder.execute()
     return _finish(spark, ref, root)
+
+
+def update_columns(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, columns: tuple[str, ...]) -> None:
+    """Set `columns` of the rows matched by key to the values in `df` (rows not in the table are ignored)."""
+    condition = " AND ".join(f"t.{k} <=> s.{k}" for k in ref.keys)
+    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in columns)
+    (DeltaTable.forPath(spark, ref.path(root)).alias("t").merge(df.alias("s"), condition)
+     .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in columns}).execute())

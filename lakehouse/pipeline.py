@@ -72,7 +72,7 @@ def run_ingest(spark: SparkSession, settings: Settings, landing: str) -> JobRun:
 
 
 def _stage(spark: SparkSession, settings: Settings, job: str, inputs: list[Written], outputs: list[TableRef],
-           work: Callable[[], list[Written]], force: bool) -> JobRun:
+           work: Callable[[JobRun], list[Written]], force: bool) -> JobRun:
     """Run `work` unless the job's inputs and config are unchanged since its last success."""
     with JobRun(spark, settings, job) as run:
         for written in inputs:
@@ -81,21 +81,22 @@ def _stage(spark: SparkSession, settings: Settings, job: str, inputs: list[Writt
             run.skip()
             written_now = [io.describe(spark, ref, settings.root) for ref in outputs]
         else:
-            written_now = work()
+            written_now = work(run)
         for written in written_now:
             run.wrote(written)
     return run
 
 
-def run_refine(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
+def run_refine(spark: SparkSession, settings: Settings, force: bool = False, full: bool = False) -> JobRun:
+    """Silver from the bronze batches not yet refined (`full`: from all of bronze, every row re-mapped)."""
     key, vault_key = secrets.pseudonym_key(settings), secrets.vault_key(settings)
     return _stage(spark, settings, "refine", refine_inputs(spark, settings), list(REFINE_OUTPUTS),
-                  lambda: refine(spark, settings, key, vault_key), force)
+                  lambda run: refine(spark, settings, key, vault_key, run.run_id, full), force or full)
 
 
 def run_build(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
     return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings),
-                  lambda: build(spark, settings), force)
+                  lambda run: build(spark, settings), force)
 
 
 def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
@@ -117,7 +118,7 @@ def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
 
 def run_score(spark: SparkSession, settings: Settings, task: str | None = None, force: bool = False) -> list[JobRun]:
     return [_stage(spark, settings, f"score:{spec.name}", score_inputs(spark, settings, spec),
-                   [predictions_table(spec.name)], lambda spec=spec: [score(spark, settings, spec)], force)
+                   [predictions_table(spec.name)], lambda run, spec=spec: [score(spark, settings, spec)], force)
             for spec in _tasks(settings, task)]
 
 

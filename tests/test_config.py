@@ -80,6 +80,14 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
          "entities.patient.pattern", "only fhir_ndjson entities may share"),
         ("sources/h01.yaml", lambda d: d.update(quarantine_threshold=1.5), "quarantine_threshold",
          "less than or equal"),
+        ("dq/lab_result.yaml", lambda d: d["rules"][0].update(action="delete"), "rules.0.action", "Input should be"),
+        ("dq/lab_result.yaml", lambda d: d["rules"][1].update(category="timeliness"), "rules.1.category",
+         "Input should be"),
+        ("dq/person.yaml", lambda d: d["rules"][2].update(name="lab_code_mapped"), "rules.2.name",
+         "also defined in"),
+        ("dq/lab_result.yaml", lambda d: d["checks"][1].pop("references"), "checks.1.references",
+         "required by, and only by, kind referential"),
+        ("dq/note.yaml", lambda d: d.update(table="notes"), "table", "Input should be"),
     ],
 )
 def test_bad_values_name_file_and_key(conf, relative, change, key, message):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from chispa import assert_column_equality
 from pyspark.sql import functions as F
 
-from lakehouse.silver.standardize import clean_text, national_id_is_valid, normalize_icd10, parse_timestamp
+from lakehouse.silver.standardize import (
+    clean_text,
+    is_cancelled,
+    mask_identifiers,
+    national_id_is_valid,
+    normalize_icd9cm3,
+    normalize_icd10,
+    parse_timestamp,
+)
 
 
 def test_text_icd10_and_national_id(spark):
@@ -14,6 +22,7 @@ def test_text_icd10_and_national_id(spark):
         ("  ＡＢＣ１２３ ", "ABC123", "E11.900", "E11.9", "11010519491231002X", True),
         ("a\t\t b", "a b", "e119", "E11.9", "11010519491231002x", True),
         ("\u3000", None, " I50 ", "I50", "110105194912310021", False),
+        ("x", "x", "I10.x00", "I10", None, False),  # the national edition's placeholder: no subcategory
         (None, None, "N18.3", "N18.3", "1101051949123100", False),
         ("正常", "正常", "高血压", None, None, False),
     ]
@@ -40,3 +49,25 @@ def test_timestamps_use_each_hospitals_format(spark):
           .withColumn("expected", F.to_timestamp("expected")))
     result = df.withColumn("parsed", parse_timestamp(F.col("raw"), F.col("hospital"), formats))
     assert_column_equality(result, "parsed", "expected")
+
+
+def test_procedure_codes_cancellations_and_identifiers_in_text(spark):
+    cancelled = {"H02": ["作废"], "H05": ["entered-in-error"]}
+    rows = [
+        # raw procedure, icd9cm3, hospital, status, cancelled, text, masked
+        ("3606", "36.06", "H02", " 作废 ", True,
+         "患者，身份证号11010519491231002X，联系电话13912345678。", "患者，身份证号[身份证号]，联系电话[电话]。"),
+        (" 36.06 ", "36.06", "H02", "正常", False, "病案号M0001234，因肺炎入院", "病案号[病案号]，因肺炎入院"),
+        ("81.51", "81.51", "H05", "entered-in-error", True, "编号123456789012345678901", "编号123456789012345678901"),
+        ("47.9", "47.9", "H05", "final", False, None, None),
+        ("ZZ0123", None, "H01", "作废", False, "住院12天", "住院12天"),  # H01 does not cancel with 作废
+        (None, None, "H05", None, False, "", ""),
+    ]
+    df = spark.createDataFrame(rows, "raw STRING, expected STRING, hospital STRING, status STRING, cancelled BOOLEAN, "
+                                     "text STRING, masked STRING")
+    result = df.select(normalize_icd9cm3(F.col("raw")).alias("got_code"), "expected",
+                       is_cancelled(F.col("status"), F.col("hospital"), cancelled).alias("got_cancelled"), "cancelled",
+                       mask_identifiers(F.col("text")).alias("got_masked"), "masked")
+    assert_column_equality(result, "got_code", "expected")
+    assert_column_equality(result, "got_cancelled", "cancelled")
+    assert_column_equality(result, "got_masked", "masked")

@@ -11,7 +11,14 @@ from pyspark.sql import functions as F
 from lakehouse.bronze import readers
 from lakehouse.config import EntitySource
 from lakehouse.gold.features import build_features
-from lakehouse.silver.refine import latest_per_key, standardize_labs
+from lakehouse.silver.refine import (
+    latest_per_key,
+    standardize_diagnoses,
+    standardize_labs,
+    standardize_medications,
+    standardize_procedures,
+    standardize_vitals,
+)
 from lakehouse.silver.vocab import load
 
 KEY = bytes(32)
@@ -87,6 +94,75 @@ def test_labs_map_to_loinc_and_convert_units_or_flag(spark, settings):
         ("GLU", "14749-6", None, None, True, False, dt.datetime(2025, 1, 1, 8)),  # unknown unit: not guessed
     ], "source_code STRING, loinc_code STRING, value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, "
        "result_time TIMESTAMP")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def _bronze(spark, **columns):
+    """A bronze frame: the given columns plus lineage defaults (one file, lines from 2)."""
+    n = len(next(v for v in columns.values() if isinstance(v, list)))
+    frame = pd.DataFrame({"encounter_id": "e", "mrn": "m", "updated_at": None, "_source_file": "f",
+                          "_source_line": range(2, n + 2), "_batch_id": "b", "_ingested_at": pd.Timestamp("2025-01-02"),
+                          **columns})
+    return spark.createDataFrame(frame)
+
+
+def test_vitals_convert_to_canonical_units_and_medications_map_to_atc(spark, settings):
+    vitals = _bronze(spark, vital_id=["1", "2", "3", "4", "5"], _hospital_id=["H01", "H01", "H05", "H02", "H01"],
+                     measure_code=["T", " P ", "8480-6", "HL-SBP", "T"], measure_name="n",
+                     value=["36.8", "88", "120", "118", "36.8"], unit=["℃", "次/分", "mm[Hg]", "mmHg", "°F"],
+                     measured_at=["2025-01-01 08:00:00", "2025-01-01 08:00:00", "2025-01-01T08:00:00+08:00",
+                                  "2025/01/01 08:00", "2025-01-01 08:00:00"])
+    persons = spark.createDataFrame([], "patient_key STRING, person_key STRING")
+    got = standardize_vitals(vitals, persons, load(spark, settings.vocab_dir, "vital_codes"),
+                             load(spark, settings.vocab_dir, "units"), KEY, settings, "v-test").select(
+        "source_code", "loinc_code", "value", "unit", "is_mapped", "unit_ok", "measured_at", "vocab_version",
+        "source_line", "_cancelled")
+    at = dt.datetime(2025, 1, 1, 8)
+    expected = spark.createDataFrame([
+        ("T", "8310-5", 36.8, "Cel", True, True, at, "v-test", 2, False),
+        ("P", "8867-4", 88.0, "/min", True, True, at, "v-test", 3, False),
+        ("8480-6", "8480-6", 120.0, "mm[Hg]", True, True, at, "v-test", 4, False),
+        ("HL-SBP", "8480-6", 118.0, "mm[Hg]", True, True, at, "v-test", 5, False),
+        ("T", "8310-5", None, None, True, False, at, "v-test", 6, False),  # a unit without a factor: not guessed
+    ], "source_code STRING, loinc_code STRING, value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, "
+       "measured_at TIMESTAMP, vocab_version STRING, source_line BIGINT, _cancelled BOOLEAN")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+    meds = _bronze(spark, order_id=["1", "2", "3", "3"], _hospital_id=["H02", "H03", "H05", "H05"],
+                   drug_code=["YPD001", "XD999", "RXD005", "RXD005"], drug_name="n", dose=["500", "abc", "2", "2"],
+                   dose_unit="mg", route="PO", frequency="qd", start_time=None, end_time=None,
+                   status=["正常", "N", "final", "entered-in-error"],
+                   updated_at=[None, None, "2025-01-01T08:00:00+08:00", "2025-01-02T09:00:00+08:00"])
+    got = standardize_medications(meds, persons, load(spark, settings.vocab_dir, "drug_codes"), KEY, settings,
+                                  "v-test").select("source_code", "atc_code", "dose", "source_dose", "is_mapped",
+                                                   "_cancelled")
+    expected = spark.createDataFrame([
+        ("YPD001", "A10BA02", 500.0, "500", True, False),
+        ("XD999", None, None, "abc", False, False),  # unknown code and a dose that is no number: kept, flagged
+        ("RXD005", "J01DD04", 2.0, "2", True, True),  # the later resend cancels the order
+    ], "source_code STRING, atc_code STRING, dose DOUBLE, source_dose STRING, is_mapped BOOLEAN, _cancelled BOOLEAN")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_diagnoses_and_procedures_normalize_codes_and_use_names_when_the_code_is_missing(spark, settings):
+    persons = spark.createDataFrame([], "patient_key STRING, person_key STRING")
+    dx = _bronze(spark, diagnosis_id=["1", "2", "3", "4"], _hospital_id=["H02", "H03", "H01", "H01"],
+                 icd_code=["E119", "E11.900", "", "ZZ0042"], diagnosis_name=["x", "y", "原发性高血压", "肺炎"],
+                 diagnosis_time=None, status=["正常", "N", "final", "final"])
+    got = standardize_diagnoses(dx, persons, load(spark, settings.vocab_dir, "icd10"), KEY, settings,
+                                "v-test").select("source_code", "icd10_code", "is_mapped")
+    expected = spark.createDataFrame([
+        ("E119", "E11.9", True), ("E11.900", "E11.9", True),
+        (None, "I10", True),  # no code: found by its Chinese name
+        ("ZZ0042", None, False),  # a code that is wrong is not replaced by a guess from the name
+    ], "source_code STRING, icd10_code STRING, is_mapped BOOLEAN")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    procedures = _bronze(spark, procedure_id=["1", "2", "3"], _hospital_id="H01",
+                         procedure_code=["3606", "81.51", "99.99"], procedure_name="n", procedure_time=None)
+    got = standardize_procedures(procedures, persons, load(spark, settings.vocab_dir, "icd9cm3"), KEY, settings,
+                                 "v-test").select("source_code", "icd9cm3_code", "is_mapped")
+    expected = spark.createDataFrame([("3606", "36.06", True), ("81.51", "81.51", True), ("99.99", None, False)],
+                                     "source_code STRING, icd9cm3_code STRING, is_mapped BOOLEAN")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
 

@@ -8,24 +8,47 @@ encrypted with AES-GCM; silver carries keyed-hash pseudonyms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse import io
-from lakehouse.catalog import BRONZE, DIAGNOSIS, ENCOUNTER, IDENTITY, LAB_RESULT, PERSON, TableRef
+from lakehouse.catalog import (
+    BRONZE,
+    DIAGNOSIS,
+    DQ_RESULT,
+    ENCOUNTER,
+    IDENTITY,
+    IMAGING_REPORT,
+    INGEST_LEDGER,
+    LAB_RESULT,
+    MEDICATION,
+    NOTE,
+    PERSON,
+    PROCEDURE,
+    REFINE_STATE,
+    VITAL_SIGN,
+    TableRef,
+)
 from lakehouse.config import Settings
 from lakehouse.io import Written
-from lakehouse.silver import vocab
+from lakehouse.silver import quality, vocab
 from lakehouse.silver.standardize import (
     clean_text,
+    is_cancelled,
     keyed_hash,
+    mask_identifiers,
     national_id_is_valid,
+    normalize_icd9cm3,
     normalize_icd10,
     parse_timestamp,
 )
 
-UPDATE_WHEN_NEWER = "t.updated_at IS NULL OR s.updated_at > t.updated_at"
+COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+INCREMENT_UPDATE_WHEN = "t.updated_at IS NULL OR s.updated_at >= t.updated_at"  # a later batch wins a tie
+CANCELLED = "_cancelled"  # the latest version of the record cancels it
+RECORD_KEY = "_record_key"  # the source id, or the file and line of a record sent without one
 
 
 def resolve_references(bronze: DataFrame) -> DataFrame:
@@ -52,6 +75,14 @@ def _lineage() -> list[Column]:
             F.col("_batch_id").alias("batch_id")]
 
 
+def record_key(source_id: str) -> Column:
+    """The source id; a record sent without one is kept apart by its file and line (and flagged by a DQ rule),
+    never merged with the hospital's other id-less records."""
+    day_and_file = F.regexp_extract(F.col("_source_file"), r"([^/]+/[^/]+)$", 1)  # <landing>/<hospital>/<day>/<file>
+    return F.coalesce(clean_text(F.col(source_id)),
+                      F.concat(F.lit("line:"), day_and_file, F.lit(":"), F.col("_source_line")))
+
+
 def patient_key(key: bytes, hospital: Column, mrn: Column) -> Column:
     return keyed_hash(key, F.lit("patient"), hospital, clean_text(mrn))
 
@@ -65,6 +96,7 @@ class Prepared:
     updated: Column
     own_key: Column
     person_key: Column
+    cancelled: Column
 
     def timestamp(self, column: str) -> Column:
         return parse_timestamp(F.col(column), F.col("_hospital_id"), self.formats).alias(column)
@@ -76,12 +108,18 @@ def prepare(bronze: DataFrame, entity: str, source_id: str, persons: DataFrame, 
     updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
     own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
     people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
-    rows = latest_per_key(bronze, ["_hospital_id", source_id], updated).join(people, own_key == F.col("_pk"), "left")
-    return Prepared(rows, formats, updated, own_key, F.coalesce(F.col("person_key"), own_key))
+    rows = (latest_per_key(bronze.withColumn(RECORD_KEY, record_key(source_id)), ["_hospital_id", RECORD_KEY], updated)
+            .withColumn("source_id", clean_text(F.col(source_id)))
+            .join(people, own_key == F.col("_pk"), "left"))
+    cancelled = (is_cancelled(F.col("status"), F.col("_hospital_id"), vocab.cancelled_values(settings.vocab_dir))
+                 if "status" in bronze.columns else F.lit(False))
+    return Prepared(rows, formats, updated, own_key, F.coalesce(F.col("person_key"), own_key), cancelled)
 
 
 def encounter_key(key: bytes) -> Column:
-    return keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col("encounter_id")).alias("encounter_key")
+    """The key of the encounter a row refers to (equal to that encounter's own key)."""
+    return keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), clean_text(F.col("encounter_id"))).alias(
+        "encounter_key")
 
 
 def latest_patients(bronze: DataFrame, settings: Settings) -> DataFrame:
@@ -89,7 +127,8 @@ def latest_patients(bronze: DataFrame, settings: Settings) -> DataFrame:
 
     Computed once per refine and shared by silver.person and vault.identity."""
     updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), _formats(settings, "patient"))
-    return latest_per_key(bronze, ["_hospital_id", "mrn"], updated).withColumn("_updated", updated)
+    keyed = bronze.withColumn(RECORD_KEY, record_key("mrn"))
+    return latest_per_key(keyed, ["_hospital_id", RECORD_KEY], updated).withColumn("_updated", updated)
 
 
 def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
@@ -97,7 +136,7 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, set
     present (the deterministic EMPI rule), else the record's own key; probabilistic linkage comes with EMPI."""
     birth = parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
     valid_id = national_id_is_valid(F.col("national_id"))
-    own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
+    own_key = patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY))
     return (latest
             .join(sex_vocab, (F.col("_hospital_id") == sex_vocab.hospital_id)
                   & (clean_text(latest.sex) == sex_vocab.local_value), "left")
@@ -109,7 +148,8 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, set
                     F.year(birth).alias("birth_year"),
                     valid_id.alias("has_national_id"),
                     F.col("_updated").alias("updated_at"),
-                    *_lineage()))
+                    *_lineage(),
+                    clean_text(F.col("mrn")).isNotNull().alias("has_mrn"), F.lit(False).alias(CANCELLED)))
 
 
 def identity_rows(latest: DataFrame, key: bytes, vault_key: bytes) -> DataFrame:
@@ -119,7 +159,7 @@ def identity_rows(latest: DataFrame, key: bytes, vault_key: bytes) -> DataFrame:
     def enc(column: str) -> Column:
         return F.aes_encrypt(clean_text(F.col(column)), secret, F.lit("GCM")).alias(f"{column}_enc")
 
-    return latest.select(patient_key(key, F.col("_hospital_id"), F.col("mrn")).alias("patient_key"),
+    return latest.select(patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY)).alias("patient_key"),
                          F.col("_hospital_id").alias("hospital_id"),
                          enc("mrn"), enc("name"), enc("national_id"), enc("birth_date"), enc("phone"), enc("address"),
                          F.col("_updated").alias("updated_at"))
@@ -131,7 +171,8 @@ def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFra
     local_type = clean_text(p.rows.encounter_type)
     return (p.rows
             .join(types, (F.col("_hospital_id") == types.hospital_id) & (local_type == types.local_value), "left")
-            .select(encounter_key(key),
+            .select(keyed_hash(key, F.lit("encounter"), F.col("_hospital_id"), F.col(RECORD_KEY))
+                    .alias("encounter_key"),
                     F.col("_hospital_id").alias("hospital_id"),
                     clean_text(F.col("encounter_id")).alias("source_encounter_id"),
                     p.own_key.alias("patient_key"),
@@ -142,25 +183,60 @@ def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFra
                     p.timestamp("admit_time"),
                     p.timestamp("discharge_time"),
                     clean_text(F.col("discharge_disposition")).alias("discharge_disposition"),
-                    p.updated.alias("updated_at"),
-                    *_lineage()))
+                    *_tail(p)))
 
 
-def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, icd10: DataFrame, key: bytes,
+                          settings: Settings, vocab_version: str) -> DataFrame:
+    """ICD-10 normalized (dot, case, extension digits); a missing code is looked up by the diagnosis's
+    Chinese name. `is_mapped`: the code is in the region's ICD-10 list (conf/vocab/icd10.csv)."""
     p = prepare(bronze, "diagnosis", "diagnosis_id", persons, key, settings)
-    icd = normalize_icd10(F.col("icd_code"))
-    return p.rows.select(
-        keyed_hash(key, F.lit("diagnosis"), F.col("_hospital_id"), F.col("diagnosis_id")).alias("diagnosis_key"),
-        F.col("_hospital_id").alias("hospital_id"),
-        encounter_key(key),
-        p.person_key.alias("person_key"),
-        icd.alias("icd10_code"),
-        clean_text(F.col("icd_code")).alias("source_code"),
-        clean_text(F.col("diagnosis_name")).alias("source_name"),
-        icd.isNotNull().alias("is_mapped"),
-        p.timestamp("diagnosis_time"),
-        p.updated.alias("updated_at"),
-        *_lineage())
+    source_code, name = clean_text(F.col("icd_code")), clean_text(F.col("diagnosis_name"))
+    by_name = icd10.select(F.col("code").alias("_by_name"), F.col("name").alias("_name"))
+    known = icd10.select(F.col("code").alias("_known"))
+    code = F.coalesce(normalize_icd10(source_code), F.when(source_code.isNull(), F.col("_by_name")))
+    return (p.rows.join(by_name, name == F.col("_name"), "left")
+            .join(known, code == F.col("_known"), "left")
+            .select(keyed_hash(key, F.lit("diagnosis"), F.col("_hospital_id"), F.col(RECORD_KEY))
+                    .alias("diagnosis_key"),
+                    *_owners(p, key), code.alias("icd10_code"), source_code.alias("source_code"),
+                    name.alias("source_name"), F.col("_known").isNotNull().alias("is_mapped"),
+                    p.timestamp("diagnosis_time"), F.lit(vocab_version).alias("vocab_version"),
+                    *_tail(p)))
+
+
+def standardize_procedures(bronze: DataFrame, persons: DataFrame, icd9cm3: DataFrame, key: bytes,
+                           settings: Settings, vocab_version: str) -> DataFrame:
+    """ICD-9-CM-3 normalized to `NN.N[N]`; `is_mapped`: the code is in conf/vocab/icd9cm3.csv."""
+    p = prepare(bronze, "procedure", "procedure_id", persons, key, settings)
+    source_code = clean_text(F.col("procedure_code"))
+    code = normalize_icd9cm3(source_code)
+    known = icd9cm3.select(F.col("code").alias("_known"))
+    return (p.rows.join(known, code == F.col("_known"), "left")
+            .select(keyed_hash(key, F.lit("procedure"), F.col("_hospital_id"), F.col(RECORD_KEY))
+                    .alias("procedure_key"),
+                    *_owners(p, key), F.col("_known").alias("icd9cm3_code"), source_code.alias("source_code"),
+                    clean_text(F.col("procedure_name")).alias("source_name"),
+                    F.col("_known").isNotNull().alias("is_mapped"), p.timestamp("procedure_time"),
+                    F.lit(vocab_version).alias("vocab_version"), *_tail(p)))
+
+
+def _measurements(p: Prepared, codes: DataFrame, units: DataFrame, code_column: str) -> DataFrame:
+    """Join local codes to LOINC and (LOINC, source unit) to the canonical unit and its factor."""
+    return (p.rows
+            .join(codes, (F.col("_hospital_id") == codes.hospital_id)
+                  & (clean_text(F.col(code_column)) == codes.local_code), "left")
+            .join(units, (codes.loinc_code == units.loinc_code) & (clean_text(F.col("unit")) == units.source_unit),
+                  "left"))
+
+
+def _measured(codes: DataFrame, units: DataFrame) -> list[Column]:
+    """The value columns shared by labs and vitals: standard code, source and converted value and unit."""
+    converted = F.try_multiply(clean_text(F.col("value")).try_cast("double"), F.col("factor"))
+    return [codes.loinc_code.alias("loinc_code"),
+            clean_text(F.col("value")).alias("source_value"), clean_text(F.col("unit")).alias("source_unit"),
+            F.round(converted, 4).alias("value"), units.canonical_unit.alias("unit"),
+            codes.loinc_code.isNotNull().alias("is_mapped"), units.factor.isNotNull().alias("unit_ok")]
 
 
 def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame, units: DataFrame, key: bytes,
@@ -168,57 +244,216 @@ def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame
     """Local lab codes -> LOINC, values converted to the canonical unit; unknown codes or units are
     kept with their source values and flagged (is_mapped / unit_ok false, value null), never guessed."""
     p = prepare(bronze, "lab_result", "result_id", persons, key, settings)
-    source_unit = clean_text(F.col("unit"))
-    converted = F.try_multiply(F.col("value").try_cast("double"), F.col("factor"))
+    return _measurements(p, lab_codes, units, "test_code").select(
+        keyed_hash(key, F.lit("lab"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("lab_key"),
+        *_owners(p, key), clean_text(F.col("test_code")).alias("source_code"),
+        clean_text(F.col("test_name")).alias("source_name"), *_measured(lab_codes, units),
+        p.timestamp("result_time"), F.lit(vocab_version).alias("vocab_version"), *_tail(p))
+
+
+def standardize_vitals(bronze: DataFrame, persons: DataFrame, vital_codes: DataFrame, units: DataFrame,
+                       key: bytes, settings: Settings, vocab_version: str) -> DataFrame:
+    """Nursing measure codes -> LOINC, values in the canonical unit (℃ -> Cel, 次/分 -> /min, ...)."""
+    p = prepare(bronze, "vital_sign", "vital_id", persons, key, settings)
+    return _measurements(p, vital_codes, units, "measure_code").select(
+        keyed_hash(key, F.lit("vital"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("vital_key"),
+        *_owners(p, key), clean_text(F.col("measure_code")).alias("source_code"),
+        clean_text(F.col("measure_name")).alias("source_name"), *_measured(vital_codes, units),
+        p.timestamp("measured_at"), F.lit(vocab_version).alias("vocab_version"), *_tail(p))
+
+
+def standardize_medications(bronze: DataFrame, persons: DataFrame, drug_codes: DataFrame, key: bytes,
+                            settings: Settings, vocab_version: str) -> DataFrame:
+    """Local drug codes -> ATC; the dose as a number beside the dose as sent."""
+    p = prepare(bronze, "medication", "order_id", persons, key, settings)
     return (p.rows
-            .join(lab_codes, (F.col("_hospital_id") == lab_codes.hospital_id)
-                  & (clean_text(F.col("test_code")) == lab_codes.local_code), "left")
-            .join(units, (lab_codes.loinc_code == units.loinc_code) & (source_unit == units.source_unit), "left")
-            .select(keyed_hash(key, F.lit("lab"), F.col("_hospital_id"), F.col("result_id")).alias("lab_key"),
-                    F.col("_hospital_id").alias("hospital_id"),
-                    encounter_key(key),
-                    p.person_key.alias("person_key"),
-                    lab_codes.loinc_code.alias("loinc_code"),
-                    clean_text(F.col("test_code")).alias("source_code"),
-                    clean_text(F.col("test_name")).alias("source_name"),
-                    clean_text(F.col("value")).alias("source_value"),
-                    source_unit.alias("source_unit"),
-                    F.round(converted, 4).alias("value"),
-                    units.canonical_unit.alias("unit"),
-                    lab_codes.loinc_code.isNotNull().alias("is_mapped"),
-                    units.factor.isNotNull().alias("unit_ok"),
-                    p.timestamp("result_time"),
-                    F.lit(vocab_version).alias("vocab_version"),
-                    p.updated.alias("updated_at"),
-                    *_lineage()))
+            .join(drug_codes, (F.col("_hospital_id") == drug_codes.hospital_id)
+                  & (clean_text(F.col("drug_code")) == drug_codes.local_code), "left")
+            .select(keyed_hash(key, F.lit("medication"), F.col("_hospital_id"), F.col(RECORD_KEY))
+                    .alias("medication_key"),
+                    *_owners(p, key), drug_codes.atc_code.alias("atc_code"),
+                    clean_text(F.col("drug_code")).alias("source_code"),
+                    clean_text(F.col("drug_name")).alias("source_name"),
+                    clean_text(F.col("dose")).try_cast("double").alias("dose"),
+                    clean_text(F.col("dose")).alias("source_dose"), clean_text(F.col("dose_unit")).alias("dose_unit"),
+                    clean_text(F.col("route")).alias("route"), clean_text(F.col("frequency")).alias("frequency"),
+                    drug_codes.atc_code.isNotNull().alias("is_mapped"), p.timestamp("start_time"),
+                    p.timestamp("end_time"), F.lit(vocab_version).alias("vocab_version"), *_tail(p)))
 
 
-OUTPUTS = (PERSON, IDENTITY, ENCOUNTER, DIAGNOSIS, LAB_RESULT)
+def standardize_imaging(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    p = prepare(bronze, "imaging_report", "report_id", persons, key, settings)
+    return p.rows.select(
+        keyed_hash(key, F.lit("imaging"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("report_key"),
+        *_owners(p, key), clean_text(F.col("modality")).alias("modality"),
+        clean_text(F.col("body_part")).alias("body_part"), mask_identifiers(F.col("report_text")).alias("report_text"),
+        p.timestamp("report_time"), *_tail(p))
+
+
+def standardize_notes(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    p = prepare(bronze, "note", "note_id", persons, key, settings)
+    return p.rows.select(
+        keyed_hash(key, F.lit("note"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("note_key"),
+        *_owners(p, key), clean_text(F.col("note_type")).alias("note_type"),
+        mask_identifiers(F.col("note_text")).alias("note_text"), p.timestamp("note_time"), *_tail(p))
+
+
+def _owners(p: Prepared, key: bytes) -> list[Column]:
+    """hospital_id, source_id, encounter_key, person_key: the record and who it belongs to."""
+    return [F.col("_hospital_id").alias("hospital_id"), "source_id", encounter_key(key),
+            p.person_key.alias("person_key")]
+
+
+def _tail(p: Prepared) -> list[Column]:
+    """updated_at, the bronze lineage and `_cancelled` (dropped by the merge)."""
+    return [p.updated.alias("updated_at"), *_lineage(), p.cancelled.alias(CANCELLED)]
+
+
+OUTPUTS = (PERSON, IDENTITY, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESULT, VITAL_SIGN, MEDICATION, IMAGING_REPORT, NOTE,
+           DQ_RESULT, REFINE_STATE)
 
 
 def refine_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
     return [io.describe(spark, ref, settings.root) for ref in BRONZE.values() if io.exists(spark, ref, settings.root)]
 
 
-def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes) -> list[Written]:
-    """Rebuild silver from bronze and merge it in by key; return the tables written."""
-    root = settings.root
+def event_tables(spark: SparkSession, settings: Settings, bronze: dict[str, DataFrame], people: DataFrame,
+                 key: bytes) -> list[tuple[DataFrame, TableRef]]:
+    """Every silver event table as a DataFrame (with `_cancelled`), beside the table it merges into."""
     version = vocab.version(settings.vocab_dir)
-    bronze = {e: resolve_references(io.read_or_empty(spark, ref, root)) for e, ref in BRONZE.items()}
+    load = lambda name: vocab.load(spark, settings.vocab_dir, name)  # noqa: E731
+    units = load("units")
+    return [
+        (standardize_encounters(bronze["encounter"], people, load("encounter_types"), key, settings), ENCOUNTER),
+        (standardize_diagnoses(bronze["diagnosis"], people, load("icd10"), key, settings, version), DIAGNOSIS),
+        (standardize_procedures(bronze["procedure"], people, load("icd9cm3"), key, settings, version), PROCEDURE),
+        (standardize_labs(bronze["lab_result"], people, load("lab_codes"), units, key, settings, version),
+         LAB_RESULT),
+        (standardize_vitals(bronze["vital_sign"], people, load("vital_codes"), units, key, settings, version),
+         VITAL_SIGN),
+        (standardize_medications(bronze["medication"], people, load("drug_codes"), key, settings, version),
+         MEDICATION),
+        (standardize_imaging(bronze["imaging_report"], people, key, settings), IMAGING_REPORT),
+        (standardize_notes(bronze["note"], people, key, settings), NOTE),
+    ]
+
+
+@dataclass(frozen=True)
+class Batches:
+    """The bronze batches a refine merges: only new ones, or all of them (`full`) when silver is new, the
+    configuration changed since the last refine (a vocabulary, a rule, a contract) or a full pass is asked for."""
+
+    ids: list[str]
+    full: bool
+
+    def of(self, frame: DataFrame) -> DataFrame:
+        return frame if self.full else frame.where(F.col("_batch_id").isin(self.ids))
+
+
+def batches_to_refine(spark: SparkSession, settings: Settings, full: bool = False) -> Batches:
+    """Landed batches (from the ledger: one row per file) not yet refined; all of them for a full pass."""
+    root = settings.root
+    if not io.exists(spark, INGEST_LEDGER, root):
+        return Batches([], full)
+    landed = {r.batch_id for r in io.read(spark, INGEST_LEDGER, root).where(F.col("status") == "landed")
+              .select("batch_id").distinct().collect()}  # one row per ingest run
+    done = ({(r.batch_id, r.config_hash) for r in io.read(spark, REFINE_STATE, root).collect()}  # per batch
+            if io.exists(spark, REFINE_STATE, root) else set())
+    same_config = {b for b, config in done if config == settings.config_hash}
+    full = full or not done or not io.exists(spark, PERSON, root) or any(b not in same_config for b, _ in done)
+    return Batches(sorted(landed if full else landed - same_config), full)
+
+
+def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes, run_id: str = "refine",
+           full: bool = False) -> list[Written]:
+    """Merge the bronze rows of new batches into silver by key (a full pass re-reads all of bronze), through the
+    data-quality rules of conf/dq; a cancelled or quarantined record leaves silver. Returns the tables written."""
+    root = settings.root
+    quality.validate(spark, settings)  # a bad rule is refused before any table is touched
+    batches = batches_to_refine(spark, settings, full)
+    if not batches.ids:
+        return [io.describe(spark, ref, root) for ref in OUTPUTS if io.exists(spark, ref, root)]
+    # an increment keeps the latest version (ties: the later batch); a full pass re-maps every row
+    update_when = None if batches.full else INCREMENT_UPDATE_WHEN
+    bronze = {e: resolve_references(batches.of(io.read_or_empty(spark, ref, root))) for e, ref in BRONZE.items()}
     patients = latest_patients(bronze["patient"], settings).persist()  # read by two merges
     sex = vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab")
-    outputs = [io.merge(spark, standardize_persons(patients, sex, key, settings), PERSON, root,
-                        update_when=UPDATE_WHEN_NEWER),
-               io.merge(spark, identity_rows(patients, key, vault_key), IDENTITY, root, update_when=UPDATE_WHEN_NEWER)]
-    patients.unpersist()
-    people = io.read(spark, PERSON, root)
-    tables: list[tuple[DataFrame, TableRef]] = [
-        (standardize_encounters(bronze["encounter"], people, vocab.load(spark, settings.vocab_dir, "encounter_types"),
-                                key, settings), ENCOUNTER),
-        (standardize_diagnoses(bronze["diagnosis"], people, key, settings), DIAGNOSIS),
-        (standardize_labs(bronze["lab_result"], people, vocab.load(spark, settings.vocab_dir, "lab_codes"),
-                          vocab.load(spark, settings.vocab_dir, "units"), key, settings, version), LAB_RESULT),
-    ]
-    for df, ref in tables:
-        outputs.append(io.merge(spark, df, ref, root, update_when=UPDATE_WHEN_NEWER))
+    checked = Checked(spark, settings, run_id, update_when)
+    # every commit of this refine says, in the tables' history, which run and vocabulary version made it
+    spark.conf.set(COMMIT_METADATA, f"refine {run_id}; vocab {vocab.version(settings.vocab_dir)}; "
+                                    f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches")
+    try:
+        outputs = [checked.merge(standardize_persons(patients, sex, key, settings), PERSON),
+                   io.merge(spark, identity_rows(patients, key, vault_key), IDENTITY, root, update_when=update_when)]
+        people = io.read(spark, PERSON, root)
+        tables = event_tables(spark, settings, bronze, people, key)
+        outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up
+        encounters = io.read(spark, ENCOUNTER, root).select("encounter_key", F.lit(True).alias("encounter_found"))
+        arrived = tables[0][0].select("encounter_key")
+        for df, ref in tables[1:]:
+            found = df.join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"])
+            outputs.append(checked.merge(found, ref))
+            if not batches.full:  # rows flagged before their encounter arrived are judged again
+                checked.recheck(ref, encounters, arrived)
+        outputs += checked.finish()
+        state = spark.createDataFrame([(b, settings.config_hash, run_id) for b in batches.ids],
+                                      "batch_id STRING, config_hash STRING, run_id STRING")
+        outputs.append(io.append(spark, state.withColumn("refined_at", F.current_timestamp()), REFINE_STATE, root))
+    finally:
+        spark.conf.unset(COMMIT_METADATA)
+        patients.unpersist()
+        checked.release()
     return outputs
+
+
+class Checked:
+    """Merges silver tables through their data-quality rules; the results and quarantined rows of every table
+    are written once, at the end (or before the run stops on a `fail` rule)."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, run_id: str, update_when: str | None):
+        self.spark, self.settings, self.run_id, self.update_when = spark, settings, run_id, update_when
+        self.results: list[tuple] = []
+        self.quarantine: list[DataFrame] = []
+        self.cached: list[DataFrame] = []
+
+    def merge(self, df: DataFrame, ref: TableRef) -> Written:
+        conf = self.settings.dq.get(ref.name)
+        evaluated = quality.evaluate(df, conf).persist()
+        self.cached.append(evaluated)
+        results = quality.row_results(evaluated, conf, ref.name, self.run_id)
+        self.results += results
+        try:
+            quality.stop_on_fail(results, conf)
+        except quality.DataQualityFailure:
+            quality.write_results(self.spark, self.settings, self.results)
+            raise
+        if any(r[6] == "quarantine" and r[9] for r in results):
+            self.quarantine.append(quality.quarantine_rows(evaluated, conf, ref.name, self.run_id))
+        rows = evaluated.select(*[quality.flags(conf).alias(c) if c == "dq_flags" else c for c in ref.columns],
+                                (F.col(CANCELLED) | quality.quarantined(conf)).alias(CANCELLED))
+        written = io.merge(self.spark, rows, ref, self.settings.root, update_when=self.update_when,
+                           delete_column=CANCELLED)
+        self.results += quality.check_results(self.spark, self.settings, conf, ref.name, self.run_id)
+        return written
+
+    def recheck(self, ref: TableRef, encounters: DataFrame, arrived: DataFrame) -> None:
+        """Flags of a table's rows whose encounter arrived in this run, judged again (a lab lands before its
+        stay's discharge record does)."""
+        conf = self.settings.dq.get(ref.name)
+        table = io.read(self.spark, ref, self.settings.root)
+        flagged = (table.where(F.size("dq_flags") > 0).join(arrived.distinct(), "encounter_key", "left_semi")
+                   .join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"]))
+        again = quality.evaluate(flagged, conf).select(*ref.keys, quality.flags(conf).alias("dq_flags"))
+        io.update_columns(self.spark, again, ref, self.settings.root, ("dq_flags",))
+
+    def finish(self) -> list[Written]:
+        written = []
+        if self.quarantine:
+            written.append(quality.write_quarantine(self.spark, self.settings,
+                                                    reduce(DataFrame.unionByName, self.quarantine)))
+        results = quality.write_results(self.spark, self.settings, self.results)
+        return written + ([results] if results else [])
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()

@@ -66,9 +66,39 @@ def normalize_icd10(col: Column) -> Column:
     """`e11.900`, `E119`, ` E11.9 ` -> `E11.9`: upper case, the dot after three characters, one decimal.
 
     National extension digits (E11.900 of the Chinese clinical edition) are dropped to the WHO
-    four-character code; the source code is kept beside it in silver.
+    four-character code, and its placeholder for "no subcategory" with them (I10.x00 -> I10); the
+    source code is kept beside it in silver.
     """
     compact = F.regexp_replace(F.upper(clean_text(col)), r"[^A-Z0-9]", "")
     head, tail = F.substring(compact, 1, 3), F.substring(compact, 4, 1)
     return F.when(compact.rlike(r"^[A-Z][0-9]{2}[0-9A-Z]*$"),
-                  F.when(tail == "", head).otherwise(F.concat(head, F.lit("."), tail)))
+                  F.when(tail.isin("", "X"), head).otherwise(F.concat(head, F.lit("."), tail)))
+
+
+def normalize_icd9cm3(col: Column) -> Column:
+    """`3606`, ` 36.06 `, `36.6` -> `36.06` / `36.6`: two digits, a dot, then the rest (one or two digits)."""
+    compact = F.regexp_replace(clean_text(col), r"[^0-9]", "")
+    return F.when(clean_text(col).rlike(r"^[0-9]{2}\.?[0-9]{1,2}$"),
+                  F.concat(F.substring(compact, 1, 2), F.lit("."), F.substring(compact, 3, 2)))
+
+
+def is_cancelled(status: Column, hospital: Column, cancelled: dict[str, list[str]]) -> Column:
+    """Whether a record's status is one of its hospital's cancellation values (conf/vocab/status.csv)."""
+    value = clean_text(status)
+    expr = F.lit(False)
+    for hospital_id, values in sorted(cancelled.items()):
+        expr = F.when(hospital == hospital_id, F.coalesce(value.isin(*values), F.lit(False))).otherwise(expr)
+    return expr
+
+
+# identifiers that free text (notes, reports) carries; names need the vault's lookup (identity issue)
+ID_NUMBER = r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9])"
+PHONE = r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])"
+LABELLED_MRN = r"(病案号|住院号|MRN)[:：]?\s*[A-Za-z0-9-]+"
+
+
+def mask_identifiers(text: Column) -> Column:
+    """ID numbers, mobile phones and labelled MRNs in free text replaced by a tag."""
+    masked = F.regexp_replace(text, ID_NUMBER, "[身份证号]")
+    masked = F.regexp_replace(masked, PHONE, "[电话]")
+    return F.regexp_replace(masked, LABELLED_MRN, "$1[病案号]")

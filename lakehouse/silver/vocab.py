@@ -15,6 +15,11 @@ VOCABS = {
     "units": ("loinc_code", "source_unit", "canonical_unit", "factor"),
     "encounter_types": ("hospital_id", "local_value", "encounter_type"),
     "sex": ("hospital_id", "local_value", "sex"),
+    "status": ("hospital_id", "local_value", "status"),
+    "vital_codes": ("hospital_id", "local_code", "loinc_code", "loinc_name"),
+    "drug_codes": ("hospital_id", "local_code", "atc_code", "atc_name"),
+    "icd10": ("code", "name"),
+    "icd9cm3": ("code", "name"),
 }
 
 
@@ -25,17 +30,29 @@ def version(vocab_dir: Path) -> str:
     return file.read_text().strip()
 
 
-def load(spark: SparkSession, vocab_dir: Path, name: str) -> DataFrame:
-    """A vocabulary as a broadcast DataFrame of strings (`factor` as double)."""
-    file = vocab_dir / f"{name}.csv"
+def _rows(file: Path, columns: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
     if not file.exists():
         raise ConfigError(str(file), "<file>", "vocabulary file not found")
     with file.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        columns = VOCABS[name]
         if tuple(reader.fieldnames or ()) != columns:
             raise ConfigError(str(file), "<header>", f"expected columns {list(columns)}, got {reader.fieldnames}")
-        rows = [tuple(row[c] for c in columns) for row in reader]
+        return tuple(tuple(row[c] for c in columns) for row in reader)
+
+
+def cancelled_values(vocab_dir: Path) -> dict[str, list[str]]:
+    """hospital -> the status values that cancel a record (status.csv rows whose status is `cancelled`)."""
+    found: dict[str, list[str]] = {}
+    for hospital_id, local_value, status in _rows(vocab_dir / "status.csv", VOCABS["status"]):
+        if status == "cancelled":
+            found.setdefault(hospital_id, []).append(local_value)
+    return found
+
+
+def load(spark: SparkSession, vocab_dir: Path, name: str) -> DataFrame:
+    """A vocabulary as a broadcast DataFrame of strings (`factor` as double)."""
+    columns = VOCABS[name]
+    rows = list(_rows(vocab_dir / f"{name}.csv", columns))
     df = spark.createDataFrame(rows, ", ".join(f"{c} STRING" for c in columns))
     if "factor" in columns:
         df = df.withColumn("factor", F.col("factor").cast("double"))

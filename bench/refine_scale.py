@@ -1,0 +1,103 @@
+"""Silver refine throughput at two sizes, and what a day-2 increment costs against a full rebuild.
+
+    .venv/bin/python bench/refine_scale.py --sizes 7500 30000
+
+For each size (persons; the default dialect mix of five hospitals, two days: day 1 is the full history,
+day 2 an increment of new events, corrections, cancellations and duplicates) a region is generated and:
+
+  first      ingest day 1, then `refine` (the first refine is a full pass over bronze)
+  increment  ingest day 2, then `refine` (only day 2's batch is read)
+  full       `refine --full` on the same lakehouse: every bronze row of both days read and re-mapped
+
+Rows are bronze rows read (every entity). All in one Spark session (local[2]). Results go to stdout as
+JSON lines and to bench/results/<date>-refine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from lakehouse import io
+from lakehouse.bronze.ingest import ingest
+from lakehouse.catalog import BRONZE
+from lakehouse.config import load_settings
+from lakehouse.silver.refine import refine
+from lakehouse.spark import build_spark
+from lakehouse.synth.generator import generate
+
+PROJECT = Path(__file__).resolve().parents[1]
+KEY, VAULT_KEY = bytes(range(32)), bytes(range(32, 64))  # benchmark keys: the data is synthetic
+
+
+def bronze_rows(spark, settings, batch: str | None = None) -> int:
+    total = 0
+    for ref in BRONZE.values():
+        if io.exists(spark, ref, settings.root):
+            frame = io.read(spark, ref, settings.root)
+            total += (frame if batch is None else frame.where(frame._batch_id == batch)).count()
+    return total
+
+
+def timed_refine(spark, settings, run_id: str, full: bool = False) -> float:
+    started = time.perf_counter()
+    refine(spark, settings, KEY, VAULT_KEY, run_id, full)
+    return round(time.perf_counter() - started, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="var/bench/refine")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[7_500, 30_000])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--driver-memory", default="8g")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    settings = load_settings(PROJECT / "conf", "local", str(out / "root"))
+    spark = build_spark(settings, {"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false"})
+    results = []
+    for size in args.sizes:
+        region = out / f"p{size}"
+        generated = generate(region, patients=size, days=2, workers=args.workers, overwrite=True)
+        days = sorted({p.name for p in generated.landing.glob("*/*") if p.is_dir()})
+        local = settings.model_copy(update={"root": str(out / f"root-{size}")})
+        shutil.rmtree(local.root, ignore_errors=True)
+        landing = out / f"landing-{size}"
+        shutil.rmtree(landing, ignore_errors=True)
+        row = {"persons": size}
+        for n, day in enumerate(days):
+            for folder in sorted(generated.landing.glob(f"*/{day}")):
+                (landing / folder.parent.name).mkdir(parents=True, exist_ok=True)
+                (landing / folder.parent.name / day).symlink_to(folder)
+            batch = f"day-{n + 1}"
+            ingest(spark, local, str(landing), batch)
+            stage = "first" if n == 0 else "increment"
+            row[f"{stage}_rows"] = bronze_rows(spark, local, batch)
+            row[f"{stage}_s"] = timed_refine(spark, local, f"bench-{n}")
+        row["full_rows"] = bronze_rows(spark, local)
+        row["full_s"] = timed_refine(spark, local, "bench-full", full=True)
+        for stage in ("first", "increment", "full"):
+            row[f"{stage}_rows_per_s"] = round(row[f"{stage}_rows"] / row[f"{stage}_s"])
+        row["increment_row_share"] = round(row["increment_rows"] / row["full_rows"], 4)
+        row["increment_cost_share"] = round(row["increment_s"] / row["full_s"], 3)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        shutil.rmtree(region)
+        shutil.rmtree(landing)
+        shutil.rmtree(local.root)
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    report = {"date": str(dt.date.today()), "cores": os.cpu_count(), "machine": platform.machine(),
+              "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+              "spark_master": spark.sparkContext.master, "refine": results}
+    (folder / f"{dt.date.today()}-refine.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

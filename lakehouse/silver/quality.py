@@ -1,0 +1,182 @@
+"""Data-quality rules as data (conf/dq/<table>.yaml), evaluated on the executors as Spark SQL.
+
+Row rules run on a silver table's new rows before they are merged: each failed rule's name goes into
+`_dq_failed`; `warn` rules keep the row and list their names in `dq_flags`, `quarantine` rules send it
+to `ops.quarantine` (layer silver, the rule as reason) instead of silver, `fail` rules stop the run.
+Table checks (completeness, uniqueness, referential integrity) run on the merged table. Every rule
+and check gives one `ops.dq_result` row per hospital: checked rows, failed rows, pass rate, threshold,
+status. Only those per-hospital counts reach the driver.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.utils import AnalysisException
+
+from lakehouse import io
+from lakehouse.catalog import DQ_RESULT, QUARANTINE, SILVER
+from lakehouse.config import DqCheck, DqRule, DqTable, Settings
+from lakehouse.errors import ConfigError, LakehouseError
+
+FAILED = "_dq_failed"
+# columns a rule may use besides the table's own, computed by refine before the rules run (not stored)
+EVENT_HELPERS = {"encounter_found": "BOOLEAN"}  # the row's encounter is in silver.encounter
+HELPERS = {"person": {"has_mrn": "BOOLEAN"}, "encounter": {}}  # the hospital sent the record's MRN
+QUARANTINE_KEYS = ("layer", "stage", "source_file", "source_line", "reason")
+
+
+class DataQualityFailure(LakehouseError):
+    """A rule whose action is `fail` failed: the run stops before the table is written."""
+
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A table's new rows with the names of the rules each fails, and the per-hospital results."""
+
+    rows: DataFrame
+    results: list[tuple]
+
+
+def validate(spark: SparkSession, settings: Settings) -> None:
+    """Analyse every rule against its table's columns (an empty frame: no data is read)."""
+    for table, conf in settings.dq.items():
+        file = str(settings.conf_dir / "dq" / f"{table}.yaml")
+        helpers = HELPERS.get(table, EVENT_HELPERS)
+        ddl = SILVER[table].schema_ddl + "".join(f", {name} {kind}" for name, kind in helpers.items())
+        empty = spark.createDataFrame([], ddl)
+        for i, rule in enumerate(conf.rules):
+            try:
+                empty.select(F.expr(rule.expression).cast("boolean"))
+            except AnalysisException as err:
+                raise ConfigError(file, f"rules.{i}.expression", _first_line(err)) from None
+            except Exception as err:  # a parse error
+                raise ConfigError(file, f"rules.{i}.expression", _first_line(err)) from None
+        for i, check in enumerate(conf.checks):
+            for column in check.columns:
+                if column not in SILVER[table].columns:
+                    raise ConfigError(file, f"checks.{i}.columns", f"{column!r} is not a column of silver.{table}")
+            if check.references:
+                _, other, column = check.references.split(".")
+                if other not in SILVER or column not in SILVER[other].columns:
+                    raise ConfigError(file, f"checks.{i}.references", f"{check.references} is not a silver column")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:300]
+
+
+def _fails(rule: DqRule) -> Column:
+    """True when the row breaks the rule (a null outcome is not a failure: other rules judge missing values)."""
+    return ~F.coalesce(F.expr(rule.expression).cast("boolean"), F.lit(True))
+
+
+def evaluate(rows: DataFrame, conf: DqTable | None) -> DataFrame:
+    """`rows` with `_dq_failed`: the names of the rules each row fails."""
+    rules = conf.rules if conf else []
+    if not rules:
+        return rows.withColumn(FAILED, F.array().cast("array<string>"))
+    names = F.array(*[F.when(_fails(r), F.lit(r.name)) for r in rules])
+    return rows.withColumn(FAILED, F.filter(names, lambda n: n.isNotNull()))
+
+
+def _named(rules: list[DqRule], action: str) -> list[str]:
+    return [r.name for r in rules if r.action == action]
+
+
+def flags(conf: DqTable | None) -> Column:
+    """The warn rules a row fails: silver's `dq_flags`."""
+    warn = _named(conf.rules if conf else [], "warn")
+    return F.filter(F.col(FAILED), lambda n: n.isin(*warn)) if warn else F.array().cast("array<string>")
+
+
+def quarantined(conf: DqTable | None) -> Column:
+    """Whether a row fails a quarantine rule."""
+    names = _named(conf.rules if conf else [], "quarantine")
+    return F.exists(F.col(FAILED), lambda n: n.isin(*names)) if names else F.lit(False)
+
+
+def row_results(evaluated: DataFrame, conf: DqTable | None, table: str, run_id: str) -> list[tuple]:
+    """One result per rule and hospital: a single aggregation over the evaluated rows."""
+    rules = conf.rules if conf else []
+    if not rules:
+        return []
+    counts = (evaluated.groupBy("hospital_id")
+              .agg(F.count("*").alias("_checked"),
+                   *[F.count(F.when(F.array_contains(FAILED, r.name), 1)).alias(r.name) for r in rules])
+              .collect())  # one row per hospital
+    return [_result(run_id, table, rule.name, "row", rule.category, rule.severity, rule.action, row.hospital_id,
+                    row._checked, row[rule.name], rule.threshold)
+            for row in counts for rule in rules]
+
+
+def check_results(spark: SparkSession, settings: Settings, conf: DqTable | None, table: str,
+                  run_id: str) -> list[tuple]:
+    """Table checks on the merged silver table, per hospital."""
+    results = []
+    for check in conf.checks if conf else []:
+        frame = io.read(spark, SILVER[table], settings.root)
+        counts = _check_counts(spark, settings, frame, check).collect()  # one row per hospital
+        results += [_result(run_id, table, check.name, check.kind, check.category, check.severity, "check",
+                            row.hospital_id, row.checked, row.failed, check.threshold) for row in counts]
+    return results
+
+
+def _check_counts(spark: SparkSession, settings: Settings, frame: DataFrame, check: DqCheck) -> DataFrame:
+    if check.kind == "completeness":
+        missing = reduce(lambda a, b: a | b, [F.col(c).isNull() for c in check.columns])
+        return frame.groupBy("hospital_id").agg(F.count("*").alias("checked"), F.count(F.when(missing, 1)).alias(
+            "failed"))
+    if check.kind == "uniqueness":
+        return (frame.groupBy("hospital_id", *check.columns).agg(F.count("*").alias("n"))
+                .groupBy("hospital_id").agg(F.sum("n").alias("checked"), F.sum(F.col("n") - 1).alias("failed")))
+    _, other, column = check.references.split(".")
+    (local,) = check.columns
+    known = io.read_or_empty(spark, SILVER[other], settings.root).select(F.col(column).alias("_ref")).distinct()
+    return (frame.join(known, F.col(local) == F.col("_ref"), "left")
+            .groupBy("hospital_id").agg(F.count("*").alias("checked"),
+                                        F.count(F.when(F.col("_ref").isNull(), 1)).alias("failed")))
+
+
+def _result(run_id: str, table: str, rule: str, kind: str, category: str, severity: str, action: str,
+            hospital_id: str, checked: int, failed: int, threshold: float) -> tuple:
+    checked, failed = int(checked or 0), int(failed or 0)
+    rate = 1.0 if checked == 0 else (checked - failed) / checked
+    return (run_id, table, rule, kind, category, severity, action, hospital_id, checked, failed, rate, threshold,
+            "pass" if rate >= threshold else "fail", dt.datetime.now(dt.UTC))
+
+
+def write_results(spark: SparkSession, settings: Settings, results: list[tuple]) -> io.Written | None:
+    if not results:
+        return None
+    return io.append(spark, spark.createDataFrame(results, DQ_RESULT.schema), DQ_RESULT, settings.root)
+
+
+def stop_on_fail(results: list[tuple], conf: DqTable | None) -> None:
+    failing = [r for r in results if r[6] == "fail" and r[9] > 0]
+    if failing:
+        names = ", ".join(sorted({f"{r[2]} ({r[7]}: {r[9]} rows)" for r in failing}))
+        raise DataQualityFailure(f"silver.{failing[0][1]}: rows break a rule whose action is fail: {names}; "
+                                 "nothing of this table was written, see ops.dq_result")
+
+
+def quarantine_rows(evaluated: DataFrame, conf: DqTable | None, entity: str, batch_id: str) -> DataFrame:
+    """Rows a quarantine rule removes from silver, in ops.quarantine's one schema (the rule is the reason)."""
+    names = _named(conf.rules if conf else [], "quarantine")
+    reason = F.concat(F.lit("rule "), F.array_join(F.filter(F.col(FAILED), lambda n: n.isin(*names)), ", "))
+    payload = [c for c in evaluated.columns if not c.startswith("_")]
+    return evaluated.where(quarantined(conf)).select(
+        F.lit("silver").alias("layer"), F.lit("refine").alias("stage"), "hospital_id", F.lit(entity).alias("entity"),
+        "source_file", "source_line", F.to_json(F.struct(*payload)).alias("raw"), reason.alias("reason"),
+        F.lit(batch_id).alias("batch_id"), F.current_timestamp().alias("quarantined_at"))
+
+
+def write_quarantine(spark: SparkSession, settings: Settings, rows: DataFrame) -> io.Written:
+    """Idempotent: a row already quarantined for the same rule at the same file and line is not added again."""
+    return io.merge(spark, rows, QUARANTINE, settings.root, keys=QUARANTINE_KEYS, update_when="FALSE")

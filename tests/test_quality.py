@@ -1,0 +1,60 @@
+"""Data-quality rules on one rich inline DataFrame: who is flagged, quarantined or stops the run, and the
+per-hospital results."""
+
+from __future__ import annotations
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from lakehouse.config import DqCheck, DqRule, DqTable
+from lakehouse.errors import ConfigError
+from lakehouse.silver import quality
+
+RULES = DqTable(table="lab_result", rules=[
+    DqRule(name="has_id", description="d", expression="source_id IS NOT NULL", category="completeness",
+           action="quarantine"),
+    DqRule(name="plausible", description="d", expression="value >= 0", category="plausibility.atemporal",
+           action="warn", threshold=0.9),
+    DqRule(name="mapped", description="d", expression="is_mapped", category="conformance", action="warn"),
+], checks=[DqCheck(name="unique", description="d", kind="uniqueness", columns=["lab_key"],
+                   category="plausibility.uniqueness")])
+
+
+def _rows(spark):
+    return spark.createDataFrame([
+        ("H01", "a", -1.0, True), ("H01", None, 5.0, False), ("H01", "c", None, True),  # null value: not judged
+        ("H02", "d", 2.0, True),
+    ], "hospital_id STRING, source_id STRING, value DOUBLE, is_mapped BOOLEAN")
+
+
+def test_rules_flag_quarantine_and_count_per_hospital(spark):
+    evaluated = quality.evaluate(_rows(spark), RULES)
+    got = evaluated.select("hospital_id", "source_id", quality.flags(RULES).alias("flags"),
+                           quality.quarantined(RULES).alias("quarantined"))
+    expected = spark.createDataFrame([
+        ("H01", "a", ["plausible"], False), ("H01", None, ["mapped"], True), ("H01", "c", [], False),
+        ("H02", "d", [], False),
+    ], "hospital_id STRING, source_id STRING, flags ARRAY<STRING>, quarantined BOOLEAN")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    results = {(r[2], r[7]): r[8:13] for r in quality.row_results(evaluated, RULES, "lab_result", "run-1")}
+    assert results[("plausible", "H01")] == (3, 1, pytest.approx(2 / 3), 0.9, "fail")
+    assert results[("has_id", "H01")] == (3, 1, pytest.approx(2 / 3), 0.99, "fail")
+    assert results[("mapped", "H02")] == (1, 0, 1.0, 0.99, "pass")
+    assert len(results) == 6  # three rules x two hospitals
+
+
+def test_a_fail_rule_stops_the_run_and_a_bad_expression_is_a_config_error(spark, settings):
+    failing = RULES.model_copy(update={"rules": [RULES.rules[0].model_copy(update={"action": "fail"})]})
+    evaluated = quality.evaluate(_rows(spark), failing)
+    results = quality.row_results(evaluated, failing, "lab_result", "run-1")
+    with pytest.raises(quality.DataQualityFailure, match=r"has_id \(H01: 1 rows\)"):
+        quality.stop_on_fail(results, failing)
+    quality.stop_on_fail(quality.row_results(evaluated.where(F.col("source_id").isNotNull()), failing, "lab_result",
+                                             "run-1"), failing)  # nothing breaks it: the run goes on
+    bad = RULES.model_copy(update={"rules": [RULES.rules[1].model_copy(update={"expression": "valu >= 0"})]})
+    with pytest.raises(ConfigError) as caught:
+        quality.validate(spark, settings.model_copy(update={"dq": {"lab_result": bad}}))
+    assert caught.value.file.endswith("dq/lab_result.yaml")
+    assert caught.value.key == "rules.0.expression"
+    assert "valu" in caught.value.message
