@@ -23,7 +23,7 @@ MAPPED_TABLES = ("diagnosis", "procedure", "lab_result", "vital_sign", "medicati
 def coverage(spark: SparkSession, root: str) -> DataFrame:
     """(hospital_id, entity, rows, mapped, coverage) for every silver table with a standard code."""
     parts = [io.read(spark, SILVER[t], root).groupBy("hospital_id").agg(
-        F.lit(t).alias("entity"), F.count("*").alias("rows"), F.count(F.when("is_mapped", 1)).alias("mapped"))
+        F.lit(t).alias("entity"), F.count("*").alias("rows"), F.count(F.when(F.col("is_mapped"), 1)).alias("mapped"))
         for t in MAPPED_TABLES if io.exists(spark, SILVER[t], root)]
     if not parts:
         raise LakehouseError("no silver tables yet: run `lakehouse refine` first")
