@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -20,30 +21,30 @@ from lakehouse.errors import LakehouseError
 MAPPED_TABLES = ("diagnosis", "procedure", "lab_result", "vital_sign", "medication")
 
 
+def _coded(spark: SparkSession, root: str) -> list[tuple[str, DataFrame]]:
+    """(entity, silver table) of every existing silver table with a standard code."""
+    coded = [(t, io.read(spark, SILVER[t], root)) for t in MAPPED_TABLES if io.exists(spark, SILVER[t], root)]
+    if not coded:
+        raise LakehouseError("no silver tables yet: run `lakehouse refine` first")
+    return coded
+
+
 def coverage(spark: SparkSession, root: str) -> DataFrame:
     """(hospital_id, entity, rows, mapped, coverage) for every silver table with a standard code."""
-    parts = [io.read(spark, SILVER[t], root).groupBy("hospital_id").agg(
-        F.lit(t).alias("entity"), F.count("*").alias("rows"), F.count(F.when(F.col("is_mapped"), 1)).alias("mapped"))
-        for t in MAPPED_TABLES if io.exists(spark, SILVER[t], root)]
-    if not parts:
-        raise LakehouseError("no silver tables yet: run `lakehouse refine` first")
-    frame = parts[0]
-    for part in parts[1:]:
-        frame = frame.unionByName(part)
-    return frame.withColumn("coverage", F.round(F.col("mapped") / F.col("rows"), 4))
+    parts = [frame.groupBy("hospital_id").agg(F.lit(t).alias("entity"), F.count("*").alias("rows"),
+                                              F.count(F.when(F.col("is_mapped"), 1)).alias("mapped"))
+             for t, frame in _coded(spark, root)]
+    return reduce(DataFrame.unionByName, parts).withColumn("coverage", F.round(F.col("mapped") / F.col("rows"), 4))
 
 
 def top_unmapped(spark: SparkSession, root: str, n: int = 10) -> DataFrame:
     """The `n` most frequent unmapped source codes per hospital and entity, with their names."""
-    parts = [io.read(spark, SILVER[t], root).where(~F.col("is_mapped"))
-             .groupBy("hospital_id", F.lit(t).alias("entity"), "source_code")
+    parts = [frame.where(~F.col("is_mapped")).groupBy("hospital_id", F.lit(t).alias("entity"), "source_code")
              .agg(F.count("*").alias("rows"), F.first("source_name", ignorenulls=True).alias("source_name"))
-             for t in MAPPED_TABLES if io.exists(spark, SILVER[t], root)]
-    frame = parts[0]
-    for part in parts[1:]:
-        frame = frame.unionByName(part)
+             for t, frame in _coded(spark, root)]
     rank = Window.partitionBy("hospital_id", "entity").orderBy(F.desc("rows"), "source_code")
-    return frame.withColumn("rank", F.row_number().over(rank)).where(F.col("rank") <= n)
+    return (reduce(DataFrame.unionByName, parts).withColumn("rank", F.row_number().over(rank))
+            .where(F.col("rank") <= n))
 
 
 @dataclass(frozen=True)
