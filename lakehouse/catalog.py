@@ -133,8 +133,10 @@ REFINE_STATE = TableRef(
 IDENTITY = TableRef(
     "vault", "identity",
     "patient_key STRING, hospital_id STRING, mrn_enc BINARY, name_enc BINARY, national_id_enc BINARY, "
-    "birth_date_enc BINARY, phone_enc BINARY, address_enc BINARY, updated_at TIMESTAMP",
-    keys=("patient_key",), description="AES-GCM encrypted identifiers; admin role only",
+    "birth_date_enc BINARY, phone_enc BINARY, address_enc BINARY, check_enc BINARY, updated_at TIMESTAMP",
+    keys=("patient_key",),
+    description="AES-GCM encrypted identifiers (birth date as yyyy-MM-dd); check_enc encrypts patient_key, so a "
+                "wrong key is detected before anything is written; identity role only",
 )
 
 # --- silver: the region's standard clinical model ------------------------------------------------
@@ -158,7 +160,7 @@ ENCOUNTER = TableRef(
 DIAGNOSIS = TableRef(
     "silver", "diagnosis",
     f"diagnosis_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, "
     f"icd10_code STRING, source_code STRING, source_name STRING, is_mapped BOOLEAN, "
     f"diagnosis_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("diagnosis_key",), description="diagnoses with normalized ICD-10 codes",
@@ -166,7 +168,7 @@ DIAGNOSIS = TableRef(
 LAB_RESULT = TableRef(
     "silver", "lab_result",
     f"lab_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, loinc_code STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, loinc_code STRING, "
     f"source_code STRING, source_name STRING, source_value STRING, source_unit STRING, "
     f"value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, result_time TIMESTAMP, "
     f"vocab_version STRING, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
@@ -175,7 +177,7 @@ LAB_RESULT = TableRef(
 PROCEDURE = TableRef(
     "silver", "procedure",
     f"procedure_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, icd9cm3_code STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, icd9cm3_code STRING, "
     f"source_code STRING, source_name STRING, is_mapped BOOLEAN, procedure_time TIMESTAMP, vocab_version STRING, "
     f"updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("procedure_key",), description="operations and procedures in ICD-9-CM-3",
@@ -183,7 +185,7 @@ PROCEDURE = TableRef(
 VITAL_SIGN = TableRef(
     "silver", "vital_sign",
     f"vital_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, loinc_code STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, loinc_code STRING, "
     f"source_code STRING, source_name STRING, source_value STRING, source_unit STRING, "
     f"value DOUBLE, unit STRING, is_mapped BOOLEAN, unit_ok BOOLEAN, measured_at TIMESTAMP, "
     f"vocab_version STRING, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
@@ -192,7 +194,7 @@ VITAL_SIGN = TableRef(
 MEDICATION = TableRef(
     "silver", "medication",
     f"medication_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, atc_code STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, atc_code STRING, "
     f"source_code STRING, source_name STRING, dose DOUBLE, source_dose STRING, dose_unit STRING, route STRING, "
     f"frequency STRING, is_mapped BOOLEAN, start_time TIMESTAMP, end_time TIMESTAMP, vocab_version STRING, "
     f"updated_at TIMESTAMP, {_LINEAGE_SILVER}",
@@ -201,16 +203,29 @@ MEDICATION = TableRef(
 IMAGING_REPORT = TableRef(
     "silver", "imaging_report",
     f"report_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, modality STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, modality STRING, "
     f"body_part STRING, report_text STRING, report_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("report_key",), description="imaging reports (PACS); text with phone and ID numbers masked",
 )
 NOTE = TableRef(
     "silver", "note",
     f"note_key STRING, hospital_id STRING, source_id STRING, "
-    f"encounter_key STRING, person_key STRING, note_type STRING, "
+    f"encounter_key STRING, patient_key STRING, person_key STRING, note_type STRING, "
     f"note_text STRING, note_time TIMESTAMP, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("note_key",), description="clinical notes; text with phone and ID numbers masked",
+)
+PERSON_LINK = TableRef(
+    "silver", "person_link",
+    "patient_key STRING, hospital_id STRING, person_id STRING, person_key STRING, rule STRING, score DOUBLE, "
+    "matched_patient_key STRING, agreed ARRAY<STRING>, flags ARRAY<STRING>, run_id STRING, linked_at TIMESTAMP",
+    keys=("patient_key",),
+    description="the regional person index: each hospital patient record, its person and the evidence "
+                "(rule national_id, score or single; the strongest partner and the fields that agreed)",
+)
+PERSON_EVENT = TableRef(
+    "silver", "person_event",
+    "run_id STRING, event STRING, person_id STRING, other_person_id STRING, patient_key STRING, at TIMESTAMP",
+    description="what each link run changed: persons created, records joined, persons merged or split",
 )
 SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESULT, VITAL_SIGN, MEDICATION,
                               IMAGING_REPORT, NOTE)}

@@ -13,12 +13,12 @@ from pyspark.sql import functions as F
 
 from lakehouse import io, pipeline, secrets
 from lakehouse.config import Settings, load_settings
-from lakehouse.errors import LakehouseError
+from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.ml import tracking
 
 DESCRIPTION = """A regional clinical data lakehouse.
 
-Stages: generate (sample dumps) -> ingest (bronze) -> refine (silver) -> build (gold)
+Stages: generate (sample dumps) -> ingest (bronze) -> refine (silver) -> link (person index) -> build (gold)
 -> train (MLflow) -> score (batch predictions). run-all runs them in order.
 Tables live at <root>/<layer>/<table> as Delta tables; every run is logged in ops.job_run."""
 
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     refine_command.add_argument("--full", action="store_true",
                                 help="re-read all of bronze and re-map every silver row (also done by itself when "
                                      "the configuration changed since the last refine)")
+    add("link", "the regional person index: link every hospital patient record to one person "
+        "(silver.person_link) and carry person keys through silver").add_argument("--force", action="store_true",
+                                                                                  help=force)
+    vault_command = add("vault", "the identity vault (key holders only)")
+    vault_command.add_argument("action", choices=["rotate-key"],
+                               help="rotate-key: re-encrypt the vault under a new key in one commit")
+    vault_command.add_argument("--new-key-env", help="environment variable holding the new key (64 hex "
+                               "characters); default: a fresh key, written to the secrets file")
     add("build", "silver -> gold: patient timeline and feature tables").add_argument(
         "--force", action="store_true", help=force)
     train = add("train", "train, evaluate, log to MLflow and register a model per task")
@@ -151,6 +159,32 @@ def _validate_source(args, settings: Settings) -> int:
 def _refine(args, settings: Settings) -> int:
     secrets.pseudonym_key(settings), secrets.vault_key(settings)  # refuse before Spark starts
     pipeline.run_refine(_spark(settings), settings, args.force, args.full)
+    return 0
+
+
+def _link(args, settings: Settings) -> int:
+    secrets.pseudonym_key(settings), secrets.vault_key(settings)  # refuse before Spark starts
+    pipeline.run_link(_spark(settings), settings, args.force)
+    return 0
+
+
+def _vault(args, settings: Settings) -> int:
+    from lakehouse.silver import vault
+
+    old = secrets.vault_key(settings)
+    new = secrets.get_key(settings, args.new_key_env) if args.new_key_env else secrets.new_key()
+    if new == old:
+        raise UsageError("the new vault key is the current one")
+    env_name = settings.main.secrets.vault_key_env
+    staged = None if args.new_key_env else secrets.stage_key(settings, env_name, new)  # saved before re-keying
+    written = vault.rotate(_spark(settings), settings.root, old, new, env_name)
+    print(f"vault re-encrypted under the new key: {written.table} version {written.version}, {written.rows} rows")
+    if staged:
+        secrets.promote_key(settings, env_name)
+        print(f"the new key is now {env_name} in {staged}; the old key is no longer kept anywhere")
+    else:
+        print(f"set {env_name} to the value of {args.new_key_env} now: the vault no longer opens with the old key")
+    print("earlier table versions still hold the old ciphertext: VACUUM vault.identity after the retention period")
     return 0
 
 
@@ -258,6 +292,8 @@ COMMANDS: dict[str, Callable] = {
     "ingest": _ingest,
     "validate-source": _validate_source,
     "refine": _refine,
+    "link": _link,
+    "vault": _vault,
     "build": _build,
     "train": _train,
     "score": _score,

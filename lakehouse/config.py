@@ -6,6 +6,7 @@ Layout (all YAML):
     conf/sources/<hospital>.yaml  one source contract per hospital
     conf/tasks/<task>.yaml        prediction tasks
     conf/dq/<table>.yaml          data-quality rules of one silver table
+    conf/linkage.yaml             the regional person index: blocking, evidence weights, threshold
     conf/vocab/*.csv              vocabularies (read by the silver stage, not here)
 
 Every error names the file and the dotted key, and is raised before any data is touched.
@@ -225,6 +226,43 @@ class DqTable(Strict):
     checks: list[DqCheck] = []
 
 
+# --- the regional person index (conf/linkage.yaml) ------------------------------------------------
+
+# each comparison of two patient records and the levels it can reach ("missing" when either side lacks the
+# value: weight 0); equal valid national IDs link by rule, so that level's weight only documents the score
+LINK_LEVELS = {
+    "national_id": ("equal", "near", "conflict", "differ"),
+    "name": ("exact", "same_sound", "transposed", "similar", "surname_only", "differ"),
+    "birth_date": ("exact", "day_month_swapped", "same_year", "differ"),
+    "sex": ("agree", "disagree"),
+    "phone": ("exact", "differ"),
+    "address": ("exact", "differ"),
+}
+LINK_FEATURES = ("national_id", "name_pinyin", "surname", "birth_date", "birth_year", "sex", "phone", "address")
+
+
+class Linkage(Strict):
+    """Blocking rules, evidence weights (log2 of m/u, Fellegi-Sunter style) and the link threshold."""
+
+    threshold: float
+    max_block_size: int = Field(500, ge=2, description="a larger block (a placeholder value) pairs nothing")
+    blocking: list[list[Literal[LINK_FEATURES]]] = Field(min_length=1)  # type: ignore[valid-type]
+    weights: dict[str, dict[str, float]]
+
+    @field_validator("weights")
+    @classmethod
+    def _every_level(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for comparison, levels in LINK_LEVELS.items():
+            if comparison not in value:
+                raise ValueError(f"missing comparison {comparison!r} (levels {list(levels)})")
+            if set(value[comparison]) != set(levels):
+                raise ValueError(f"{comparison}: levels must be exactly {list(levels)}")
+        unknown = set(value) - set(LINK_LEVELS)
+        if unknown:
+            raise ValueError(f"unknown comparisons {sorted(unknown)}; known: {list(LINK_LEVELS)}")
+        return value
+
+
 # --- the whole configuration --------------------------------------------------------------------
 
 class Settings(BaseModel):
@@ -239,6 +277,7 @@ class Settings(BaseModel):
     sources: dict[str, SourceContract]
     tasks: dict[str, TaskSpec]
     dq: dict[str, DqTable] = {}
+    linkage: Linkage | None = None
     config_hash: str
 
     @property
@@ -292,19 +331,21 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     tasks = {spec.name: spec for spec in _load_dir(conf_dir / "tasks", TaskSpec).values()}
     _check_task_features(conf_dir / "tasks", tasks)
     dq = _load_dq(conf_dir / "dq")
+    linkage_file = conf_dir / "linkage.yaml"
+    linkage = _validate(Linkage, _read_yaml(linkage_file), {}, str(linkage_file))
 
     digest = hashlib.sha256(
         json.dumps(
             {"main": main.model_dump(), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
-             "dq": {k: v.model_dump() for k, v in dq.items()},
+             "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),
              "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
                        if f.is_file()}},
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
-                        tasks=tasks, dq=dq, config_hash=digest)
+                        tasks=tasks, dq=dq, linkage=linkage, config_hash=digest)
     return settings.model_copy(update={"root": settings.path(chosen_root)})
 
 

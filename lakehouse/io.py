@@ -136,7 +136,13 @@ def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
 
 def update_columns(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, columns: tuple[str, ...]) -> None:
     """Set `columns` of the rows matched by key to the values in `df` (rows not in the table are ignored)."""
-    condition = " AND ".join(f"t.{k} <=> s.{k}" for k in ref.keys)
+    update_by(spark, df, ref, root, ref.keys, columns)
+
+
+def update_by(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, on: tuple[str, ...],
+              columns: tuple[str, ...]) -> None:
+    """Set `columns` of every row matching `df` on the `on` columns (one `df` row may match many rows)."""
+    condition = " AND ".join(f"t.{k} <=> s.{k}" for k in on)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in columns)
     (DeltaTable.forPath(spark, ref.path(root)).alias("t").merge(df.alias("s"), condition)
      .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in columns}).execute())

@@ -19,6 +19,8 @@ from lakehouse.io import Written
 from lakehouse.ml.score import score, score_inputs
 from lakehouse.ml.train import TrainResult, current, train, train_inputs
 from lakehouse.runlog import JobRun
+from lakehouse.silver.link import OUTPUTS as LINK_OUTPUTS
+from lakehouse.silver.link import link, link_inputs
 from lakehouse.silver.refine import OUTPUTS as REFINE_OUTPUTS
 from lakehouse.silver.refine import refine, refine_inputs
 from lakehouse.synth.generator import GenerateResult, GeneratorConfig, generate
@@ -94,6 +96,18 @@ def run_refine(spark: SparkSession, settings: Settings, force: bool = False, ful
                   lambda run: refine(spark, settings, key, vault_key, run.run_id, full), force or full)
 
 
+def run_link(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
+    """The regional person index over every record in the vault; person_keys follow it through silver."""
+    key, vault_key = secrets.pseudonym_key(settings), secrets.vault_key(settings)
+
+    def work(run: JobRun) -> list[Written]:
+        result = link(spark, settings, key, vault_key, run.run_id)
+        run.note(result.summary())
+        return result.written
+
+    return _stage(spark, settings, "link", link_inputs(spark, settings), list(LINK_OUTPUTS), work, force)
+
+
 def run_build(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
     return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings),
                   lambda run: build(spark, settings), force)
@@ -126,6 +140,7 @@ def run_all(spark: SparkSession, settings: Settings, landing: str, force: bool =
     report = PipelineReport()
     run_ingest(spark, settings, landing)
     run_refine(spark, settings, force)
+    run_link(spark, settings, force)
     run_build(spark, settings, force)
     report.models = run_train(spark, settings, None, force)
     run_score(spark, settings, None, force)

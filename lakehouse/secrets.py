@@ -7,7 +7,7 @@ import secrets as pysecrets
 from pathlib import Path
 
 from lakehouse.config import Settings
-from lakehouse.errors import EnvironmentProblem
+from lakehouse.errors import EnvironmentProblem, UsageError
 
 KEY_BYTES = 32  # AES-256 and HMAC-SHA256 keys
 
@@ -56,9 +56,37 @@ def init_secrets(settings: Settings) -> tuple[Path, bool]:
     existing = _file_values(file)
     if all(name in existing for name in names):
         return file, False
-    file.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{name}={existing.get(name) or pysecrets.token_hex(KEY_BYTES)}" for name in names]
-    file.write_text("# lakehouse secrets: keep out of git; losing them breaks pseudonym stability\n"
-                    + "\n".join(lines) + "\n")
-    file.chmod(0o600)
+    _write(file, {**existing, **{name: existing.get(name) or pysecrets.token_hex(KEY_BYTES) for name in names}})
     return file, True
+
+
+def new_key() -> bytes:
+    return pysecrets.token_bytes(KEY_BYTES)
+
+
+def _write(file: Path, values: dict[str, str]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("# lakehouse secrets: keep out of git; losing them breaks pseudonym stability\n"
+                    + "".join(f"{k}={v}\n" for k, v in values.items()))
+    file.chmod(0o600)
+
+
+def stage_key(settings: Settings, env_name: str, key: bytes) -> Path:
+    """Save a key being rotated in as `<env_name>_NEXT` in the secrets file, before any data changes, so a
+    failure half-way never loses it. The current key must come from that file, not the environment."""
+    if os.environ.get(env_name):
+        raise UsageError(f"{env_name} is set in the environment: give the new key with --new-key-env and "
+                         f"update the environment yourself after the rotation")
+    file = Path(settings.path(settings.main.secrets.file))
+    values = _file_values(file)
+    values[f"{env_name}_NEXT"] = key.hex()
+    _write(file, values)
+    return file
+
+
+def promote_key(settings: Settings, env_name: str) -> None:
+    """After a successful rotation: the staged key becomes the key; the old one is forgotten."""
+    file = Path(settings.path(settings.main.secrets.file))
+    values = _file_values(file)
+    values[env_name] = values.pop(f"{env_name}_NEXT")
+    _write(file, values)

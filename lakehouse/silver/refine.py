@@ -26,6 +26,7 @@ from lakehouse.catalog import (
     MEDICATION,
     NOTE,
     PERSON,
+    PERSON_LINK,
     PROCEDURE,
     REFINE_STATE,
     VITAL_SIGN,
@@ -33,7 +34,7 @@ from lakehouse.catalog import (
 )
 from lakehouse.config import Settings
 from lakehouse.io import Written
-from lakehouse.silver import quality, vocab
+from lakehouse.silver import quality, vault, vocab
 from lakehouse.silver.standardize import (
     clean_text,
     is_cancelled,
@@ -87,6 +88,17 @@ def patient_key(key: bytes, hospital: Column, mrn: Column) -> Column:
     return keyed_hash(key, F.lit("patient"), hospital, clean_text(mrn))
 
 
+def person_key(key: bytes, person_id: Column) -> Column:
+    """The pseudonym research data carries: an HMAC of the regional person id (see silver.person_link)."""
+    return keyed_hash(key, F.lit("person"), person_id)
+
+
+def unlinked_person_key(key: bytes, own_key: Column) -> Column:
+    """A record the linker has not seen yet is its own person, whose id is its patient_key (`lakehouse link`
+    keeps that id when the record stays alone, so most new records need no update after linking)."""
+    return person_key(key, own_key)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A bronze entity reduced to its latest version per source key and joined to its person."""
@@ -113,7 +125,8 @@ def prepare(bronze: DataFrame, entity: str, source_id: str, persons: DataFrame, 
             .join(people, own_key == F.col("_pk"), "left"))
     cancelled = (is_cancelled(F.col("status"), F.col("_hospital_id"), vocab.cancelled_values(settings.vocab_dir))
                  if "status" in bronze.columns else F.lit(False))
-    return Prepared(rows, formats, updated, own_key, F.coalesce(F.col("person_key"), own_key), cancelled)
+    return Prepared(rows, formats, updated, own_key, F.coalesce(F.col("person_key"), unlinked_person_key(key, own_key)),
+                    cancelled)
 
 
 def encounter_key(key: bytes) -> Column:
@@ -131,18 +144,24 @@ def latest_patients(bronze: DataFrame, settings: Settings) -> DataFrame:
     return latest_per_key(keyed, ["_hospital_id", RECORD_KEY], updated).withColumn("_updated", updated)
 
 
-def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, settings: Settings) -> DataFrame:
-    """One row per hospital patient record (from latest_patients). person_key: the valid national ID when
-    present (the deterministic EMPI rule), else the record's own key; probabilistic linkage comes with EMPI."""
-    birth = parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
+def birth_date(settings: Settings) -> Column:
+    return parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
+
+
+def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFrame, key: bytes,
+                        settings: Settings) -> DataFrame:
+    """One row per hospital patient record (from latest_patients). person_key: the person `lakehouse link`
+    gave the record (silver.person_link), else the record's own person until the next link run."""
+    birth = birth_date(settings)
     valid_id = national_id_is_valid(F.col("national_id"))
     own_key = patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY))
+    linked = links.select(F.col("patient_key").alias("_linked_pk"), F.col("person_key").alias("_linked"))
     return (latest
             .join(sex_vocab, (F.col("_hospital_id") == sex_vocab.hospital_id)
                   & (clean_text(latest.sex) == sex_vocab.local_value), "left")
+            .join(linked, own_key == F.col("_linked_pk"), "left")
             .select(own_key.alias("patient_key"),
-                    F.when(valid_id, keyed_hash(key, F.lit("person"), F.upper(clean_text(F.col("national_id")))))
-                    .otherwise(own_key).alias("person_key"),
+                    F.coalesce(F.col("_linked"), unlinked_person_key(key, own_key)).alias("person_key"),
                     F.col("_hospital_id").alias("hospital_id"),
                     F.coalesce(F.col("sex_vocab.sex"), F.lit("unknown")).alias("sex"),
                     F.year(birth).alias("birth_year"),
@@ -152,16 +171,16 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, key: bytes, set
                     clean_text(F.col("mrn")).isNotNull().alias("has_mrn"), F.lit(False).alias(CANCELLED)))
 
 
-def identity_rows(latest: DataFrame, key: bytes, vault_key: bytes) -> DataFrame:
-    """Direct identifiers of latest_patients, encrypted column by column with AES-GCM (random IV per value)."""
-    secret = F.lit(vault_key)
-
-    def enc(column: str) -> Column:
-        return F.aes_encrypt(clean_text(F.col(column)), secret, F.lit("GCM")).alias(f"{column}_enc")
-
+def identity_rows(latest: DataFrame, key: bytes, settings: Settings) -> DataFrame:
+    """Direct identifiers of latest_patients in plaintext, cleaned (birth date as yyyy-MM-dd, national ID in
+    upper case, the phone's digits): the input of `vault.encrypted`, never written as is."""
     return latest.select(patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY)).alias("patient_key"),
                          F.col("_hospital_id").alias("hospital_id"),
-                         enc("mrn"), enc("name"), enc("national_id"), enc("birth_date"), enc("phone"), enc("address"),
+                         clean_text(F.col("mrn")).alias("mrn"), clean_text(F.col("name")).alias("name"),
+                         F.upper(clean_text(F.col("national_id"))).alias("national_id"),
+                         F.date_format(birth_date(settings), "yyyy-MM-dd").alias("birth_date"),
+                         F.nullif(F.regexp_replace(clean_text(F.col("phone")), r"[^0-9]", ""), F.lit("")).alias("phone"),
+                         clean_text(F.col("address")).alias("address"),
                          F.col("_updated").alias("updated_at"))
 
 
@@ -299,9 +318,9 @@ def standardize_notes(bronze: DataFrame, persons: DataFrame, key: bytes, setting
 
 
 def _owners(p: Prepared, key: bytes) -> list[Column]:
-    """hospital_id, source_id, encounter_key, person_key: the record and who it belongs to."""
+    """hospital_id, source_id, encounter_key, patient_key, person_key: the record and who it belongs to."""
     return [F.col("_hospital_id").alias("hospital_id"), "source_id", encounter_key(key),
-            p.person_key.alias("person_key")]
+            p.own_key.alias("patient_key"), p.person_key.alias("person_key")]
 
 
 def _tail(p: Prepared) -> list[Column]:
@@ -370,6 +389,7 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     data-quality rules of conf/dq; a cancelled or quarantined record leaves silver. Returns the tables written."""
     root = settings.root
     quality.validate(spark, settings)  # a bad rule is refused before any table is touched
+    vault.check_key(spark, root, vault_key, settings.main.secrets.vault_key_env)  # so is a wrong vault key
     batches = batches_to_refine(spark, settings, full)
     if not batches.ids:
         return [io.describe(spark, ref, root) for ref in OUTPUTS if io.exists(spark, ref, root)]
@@ -383,8 +403,10 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     spark.conf.set(COMMIT_METADATA, f"refine {run_id}; vocab {vocab.version(settings.vocab_dir)}; "
                                     f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches")
     try:
-        outputs = [checked.merge(standardize_persons(patients, sex, key, settings), PERSON),
-                   io.merge(spark, identity_rows(patients, key, vault_key), IDENTITY, root, update_when=update_when)]
+        links = io.read_or_empty(spark, PERSON_LINK, root)
+        identities = vault.encrypted(identity_rows(patients, key, settings), vault.key_frame(spark, vault_key))
+        outputs = [checked.merge(standardize_persons(patients, sex, links, key, settings), PERSON),
+                   io.merge(spark, identities, IDENTITY, root, update_when=update_when)]
         people = io.read(spark, PERSON, root)
         tables = event_tables(spark, settings, bronze, people, key)
         outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up

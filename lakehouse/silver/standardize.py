@@ -58,8 +58,13 @@ def national_id_is_valid(col: Column) -> Column:
 
 
 def keyed_hash(key: bytes, *parts: Column) -> Column:
-    """A pseudonymous key: SHA-256 over a deployment secret and the parts (HMAC arrives with the vault)."""
-    return F.sha2(F.concat_ws(SEPARATOR, F.lit(key.hex()), *[F.coalesce(p, F.lit("")) for p in parts]), 256)
+    """A pseudonymous key: HMAC-SHA256 (RFC 2104) under the deployment's secret over the parts joined by `|`,
+    built from Spark's sha2 so it runs on the executors: H((K^opad) || H((K^ipad) || message)), in hex."""
+    block = key.ljust(64, b"\0")
+    inner_key, outer_key = bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+    message = F.encode(F.concat_ws(SEPARATOR, *[F.coalesce(p, F.lit("")) for p in parts]), "UTF-8")
+    inner = F.unhex(F.sha2(F.concat(F.lit(inner_key), message), 256))
+    return F.sha2(F.concat(F.lit(outer_key), inner), 256)
 
 
 def normalize_icd10(col: Column) -> Column:

@@ -20,6 +20,7 @@ VOCABS = {
     "drug_codes": ("hospital_id", "local_code", "atc_code", "atc_name"),
     "icd10": ("code", "name"),
     "icd9cm3": ("code", "name"),
+    "pinyin": ("character", "pinyin", "surname_pinyin"),  # toneless readings, for matching names (EMPI)
 }
 
 
