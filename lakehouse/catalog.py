@@ -144,7 +144,7 @@ IDENTITY = TableRef(
 _LINEAGE_SILVER = "dq_flags ARRAY<STRING>, source_file STRING, source_line BIGINT, batch_id STRING"
 PERSON = TableRef(
     "silver", "person",
-    f"patient_key STRING, person_key STRING, hospital_id STRING, sex STRING, birth_year INT, "
+    f"patient_key STRING, person_key STRING, hospital_id STRING, sex STRING, birth_year INT, age_band STRING, "
     f"has_national_id BOOLEAN, updated_at TIMESTAMP, {_LINEAGE_SILVER}",
     keys=("patient_key",),
     description="one row per hospital patient record; person_key links records of one person",
@@ -232,7 +232,9 @@ SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESUL
 # what each silver column means: the README's schema section is written from this
 SILVER_COLUMN_DOCS = {
     "patient_key": "keyed hash of (hospital, MRN): one hospital's patient record",
-    "person_key": "the region's person: keyed hash of a valid national ID, else the patient_key",
+    "person_key": "the region's person (silver.person_link): HMAC of the regional person id",
+    "birth_year": "year of birth, top-coded so that nobody appears older than 90 (no birth dates in silver)",
+    "age_band": "five-year age band as of the last refine; over 89 is 90+",
     "encounter_key": "keyed hash of (hospital, source encounter id)",
     "hospital_id": "the hospital that sent the record",
     "source_id": "the record's id in its hospital's system (with hospital_id: the source record key)",

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help="rotate-key: re-encrypt the vault under a new key in one commit")
     vault_command.add_argument("--new-key-env", help="environment variable holding the new key (64 hex "
                                "characters); default: a fresh key, written to the secrets file")
+    add("pii-scan", "search every string column of silver and gold for national ID numbers, phone numbers and "
+        "the vault's names; exit 1 if any is found")
     add("build", "silver -> gold: patient timeline and feature tables").add_argument(
         "--force", action="store_true", help=force)
     train = add("train", "train, evaluate, log to MLflow and register a model per task")
@@ -188,6 +190,17 @@ def _vault(args, settings: Settings) -> int:
     return 0
 
 
+def _pii_scan(args, settings: Settings) -> int:
+    from lakehouse.silver.pii import scan
+
+    hits = scan(_spark(settings), settings.root, secrets.vault_key(settings))
+    for hit in hits:
+        print(f"  PII {hit.line()}")
+    print(f"pii-scan: {len(hits)} columns with direct identifiers" if hits else
+          "pii-scan: no direct identifiers found in silver or gold")
+    return 1 if hits else 0
+
+
 def _build(args, settings: Settings) -> int:
     pipeline.run_build(_spark(settings), settings, args.force)
     return 0
@@ -294,6 +307,7 @@ COMMANDS: dict[str, Callable] = {
     "refine": _refine,
     "link": _link,
     "vault": _vault,
+    "pii-scan": _pii_scan,
     "build": _build,
     "train": _train,
     "score": _score,

@@ -119,6 +119,9 @@ class EntitySource(Strict):
                                           "quarantined as malformed (an empty value is present)")
     columns: dict[str, str] = Field(
         description='bronze column -> the column name, JSONPath or HL7 field ("" = not sent)')
+    base64: list[str] = Field(
+        default_factory=list, description="bronze columns sent base64-encoded (a FHIR attachment's data): silver "
+                                          "decodes them as UTF-8 before anything else reads them")
 
     def sent(self) -> dict[str, str]:
         """The mapped columns this hospital really sends."""

@@ -43,10 +43,13 @@ def settings(test_root):
 
 
 @pytest.fixture(scope="session")
-def spark(settings):
+def spark(settings, test_root):
     from lakehouse.spark import build_spark
 
-    session = build_spark(settings, SPARK_TEST_CONF)
+    events = test_root / "spark-events"  # the identity tests search them for the vault key
+    events.mkdir(exist_ok=True)
+    session = build_spark(settings, {**SPARK_TEST_CONF, "spark.eventLog.enabled": "true",
+                                     "spark.eventLog.dir": str(events), "spark.eventLog.compress": "false"})
     yield session
     session.stop()
 

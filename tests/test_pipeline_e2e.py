@@ -84,7 +84,7 @@ def test_silver_is_pseudonymous_and_links_one_person_across_hospitals(spark, reg
     assert flagged == len(defects[defects["hospital_id"] != "H05"]) > 0
     multi_hospital = records.groupby("person_id")["hospital_id"].nunique().gt(1).sum()
     persons_linked = person.groupBy("person_key").agg(F.countDistinct("hospital_id").alias("n")).where("n > 1").count()
-    assert 0.8 * multi_hospital <= persons_linked <= multi_hospital  # same valid ID number; noise defeats some
+    assert 0.95 * multi_hospital <= persons_linked <= multi_hospital  # the person index; test_identity measures it
 
 
 def test_vault_holds_ciphertext_that_only_the_key_opens(spark, region):
@@ -138,7 +138,7 @@ def test_the_registered_model_loads_without_spark_and_matches_batch_scores(spark
 def test_job_runs_are_logged_with_config_and_io(spark, region):
     runs = io.read(spark, JOB_RUN, region.settings.root)
     jobs = {r.job for r in runs.where("status = 'succeeded'").collect()}
-    assert {"ingest", "refine", "build", f"train:{TASK}", f"score:{TASK}"} <= jobs
+    assert {"ingest", "refine", "link", "build", f"train:{TASK}", f"score:{TASK}"} <= jobs
     refine = runs.where("job = 'refine'").first()
     assert refine.config_hash == region.settings.config_hash
     assert {o.table for o in refine.outputs} >= {"silver.person", "silver.encounter", "vault.identity"}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from chispa import assert_column_equality
+from conftest import CONF
 from pyspark.sql import functions as F
 
+from lakehouse.silver import vocab
 from lakehouse.silver.standardize import (
     clean_text,
     is_cancelled,
@@ -60,6 +62,12 @@ def test_procedure_codes_cancellations_and_identifiers_in_text(spark):
         (" 36.06 ", "36.06", "H02", "正常", False, "病案号M0001234，因肺炎入院", "病案号[病案号]，因肺炎入院"),
         ("81.51", "81.51", "H05", "entered-in-error", True, "编号123456789012345678901", "编号123456789012345678901"),
         ("47.9", "47.9", "H05", "final", False, None, None),
+        # names after a cue (a relative's name is in no registration), Latin names, addresses, +86 phones
+        ("47.09", "47.09", "H01", "final", False, "患者欧阳明华，由家属李春梅陪同。患者诉头痛，家属陪同",
+         "患者[姓名]，由家属[姓名]陪同。患者诉头痛，家属陪同"),
+        ("47.09", "47.09", "H03", "final", False, "患者WANG XIAOMING，住天津市和平区解放路12号，电话+86 139-1234-5678",
+         "患者[姓名]，住[地址]，电话[电话]"),
+        ("47.09", "47.09", "H03", "final", False, "高血压病史，呼吸道感染3天", "高血压病史，呼吸道感染3天"),
         ("ZZ0123", None, "H01", "作废", False, "住院12天", "住院12天"),  # H01 does not cancel with 作废
         (None, None, "H05", None, False, "", ""),
     ]
@@ -67,7 +75,7 @@ def test_procedure_codes_cancellations_and_identifiers_in_text(spark):
                                      "text STRING, masked STRING")
     result = df.select(normalize_icd9cm3(F.col("raw")).alias("got_code"), "expected",
                        is_cancelled(F.col("status"), F.col("hospital"), cancelled).alias("got_cancelled"), "cancelled",
-                       mask_identifiers(F.col("text")).alias("got_masked"), "masked")
+                       mask_identifiers(F.col("text"), vocab.surnames(CONF / "vocab")).alias("got_masked"), "masked")
     assert_column_equality(result, "got_code", "expected")
     assert_column_equality(result, "got_cancelled", "cancelled")
     assert_column_equality(result, "got_masked", "masked")

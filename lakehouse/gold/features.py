@@ -42,7 +42,7 @@ HISTORY_FEATURES: dict[str, Callable[[], Column]] = {
 }
 # expressions over the index event and the person
 INDEX_FEATURES: dict[str, Callable[[], Column]] = {
-    "age": lambda: F.year("index_time") - F.col("birth_year"),
+    "age": lambda: F.least(F.year("index_time") - F.col("birth_year"), F.lit(90)),  # 90 means 90+
     "sex_male": lambda: F.when(F.col("sex") == "male", 1.0).when(F.col("sex") == "female", 0.0),
     "length_of_stay_days": lambda: ((F.col("index_time").cast("long") - F.col("admit_time").cast("long"))
                                     / SECONDS_PER_DAY),

@@ -252,7 +252,8 @@ OUTPUTS = (PERSON_LINK, PERSON_EVENT)
 
 
 def link_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
-    return [io.describe(spark, ref, settings.root) for ref in (IDENTITY, PERSON) if io.exists(spark, ref, settings.root)]
+    root = settings.root
+    return [io.describe(spark, ref, root) for ref in (IDENTITY, PERSON) if io.exists(spark, ref, root)]
 
 
 @dataclass

@@ -148,6 +148,18 @@ def birth_date(settings: Settings) -> Column:
     return parse_timestamp(F.col("birth_date"), F.col("_hospital_id"), _formats(settings, "patient", "date_format"))
 
 
+TOP_AGE = 90  # ages over 89 are "90+" (HIPAA Safe Harbor): their birth year is top-coded too
+
+
+def deidentified_age(birth: Column) -> list[Column]:
+    """birth_year (top-coded: nobody looks older than 90) and a five-year age band as of today, "90+" above."""
+    age = F.floor(F.months_between(F.current_date(), birth) / 12)
+    band = F.floor(age / 5) * 5
+    return [F.greatest(F.year(birth), F.year(F.current_date()) - TOP_AGE).alias("birth_year"),
+            F.when(age >= TOP_AGE, F.lit(f"{TOP_AGE}+"))
+            .when(age.isNotNull(), F.concat(band.cast("int"), F.lit("-"), (band + 4).cast("int"))).alias("age_band")]
+
+
 def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFrame, key: bytes,
                         settings: Settings) -> DataFrame:
     """One row per hospital patient record (from latest_patients). person_key: the person `lakehouse link`
@@ -164,7 +176,7 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFram
                     F.coalesce(F.col("_linked"), unlinked_person_key(key, own_key)).alias("person_key"),
                     F.col("_hospital_id").alias("hospital_id"),
                     F.coalesce(F.col("sex_vocab.sex"), F.lit("unknown")).alias("sex"),
-                    F.year(birth).alias("birth_year"),
+                    *deidentified_age(birth),
                     valid_id.alias("has_national_id"),
                     F.col("_updated").alias("updated_at"),
                     *_lineage(),
@@ -179,7 +191,8 @@ def identity_rows(latest: DataFrame, key: bytes, settings: Settings) -> DataFram
                          clean_text(F.col("mrn")).alias("mrn"), clean_text(F.col("name")).alias("name"),
                          F.upper(clean_text(F.col("national_id"))).alias("national_id"),
                          F.date_format(birth_date(settings), "yyyy-MM-dd").alias("birth_date"),
-                         F.nullif(F.regexp_replace(clean_text(F.col("phone")), r"[^0-9]", ""), F.lit("")).alias("phone"),
+                         F.nullif(F.regexp_replace(clean_text(F.col("phone")), r"[^0-9]", ""), F.lit(""))
+                         .alias("phone"),
                          clean_text(F.col("address")).alias("address"),
                          F.col("_updated").alias("updated_at"))
 
@@ -300,12 +313,23 @@ def standardize_medications(bronze: DataFrame, persons: DataFrame, drug_codes: D
                     p.timestamp("end_time"), F.lit(vocab_version).alias("vocab_version"), *_tail(p)))
 
 
+def free_text(column: str, entity: str, settings: Settings) -> Column:
+    """A free-text column decoded where its hospital sends it base64-encoded, then scrubbed of identifiers."""
+    text = F.col(column)
+    for hospital, contract in sorted(settings.sources.items()):
+        source = contract.entities.get(entity)
+        if source is not None and column in source.base64:
+            text = F.when(F.col("_hospital_id") == hospital,
+                          F.decode(F.try_to_binary(F.col(column), F.lit("base64")), "UTF-8")).otherwise(text)
+    return mask_identifiers(text, vocab.surnames(settings.vocab_dir)).alias(column)
+
+
 def standardize_imaging(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
     p = prepare(bronze, "imaging_report", "report_id", persons, key, settings)
     return p.rows.select(
         keyed_hash(key, F.lit("imaging"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("report_key"),
         *_owners(p, key), clean_text(F.col("modality")).alias("modality"),
-        clean_text(F.col("body_part")).alias("body_part"), mask_identifiers(F.col("report_text")).alias("report_text"),
+        clean_text(F.col("body_part")).alias("body_part"), free_text("report_text", "imaging_report", settings),
         p.timestamp("report_time"), *_tail(p))
 
 
@@ -314,7 +338,7 @@ def standardize_notes(bronze: DataFrame, persons: DataFrame, key: bytes, setting
     return p.rows.select(
         keyed_hash(key, F.lit("note"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("note_key"),
         *_owners(p, key), clean_text(F.col("note_type")).alias("note_type"),
-        mask_identifiers(F.col("note_text")).alias("note_text"), p.timestamp("note_time"), *_tail(p))
+        free_text("note_text", "note", settings), p.timestamp("note_time"), *_tail(p))
 
 
 def _owners(p: Prepared, key: bytes) -> list[Column]:

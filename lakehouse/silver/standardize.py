@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import reduce
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -96,14 +97,49 @@ def is_cancelled(status: Column, hospital: Column, cancelled: dict[str, list[str
     return expr
 
 
-# identifiers that free text (notes, reports) carries; names need the vault's lookup (identity issue)
-ID_NUMBER = r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9])"
-PHONE = r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])"
-LABELLED_MRN = r"(病案号|住院号|MRN)[:：]?\s*[A-Za-z0-9-]+"
+# direct identifiers that free text (notes, imaging reports) carries, found by pattern and context
+ID_NUMBER = r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])" \
+            r"[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
+PHONE = r"(?<![0-9A-Za-z])(?:\+?86[- ]?)?1[3-9][0-9][- ]?[0-9]{4}[- ]?[0-9]{4}(?![0-9A-Za-z])"
+LANDLINE = r"(?<![0-9A-Za-z])0[1-9][0-9]{1,2}-[2-9][0-9]{6,7}(?![0-9A-Za-z])"
+MRN_LABEL = r"(?:病案号|住院号|门诊号|病历号|MRN)[:：]?\s*"
+LABELLED_MRN = f"({MRN_LABEL})[A-Za-z0-9-]+"
+PLACE = r"[^\P{IsHan}住居家现于在址到从往]\p{IsHan}{0,7}?"  # a place name does not start with 住 (lives at)
+ADDRESS = f"(?:{PLACE}(?:省|市|自治区))?(?:{PLACE}(?:市|区|县))?{PLACE}(?:路|街|道|巷|弄|胡同)" \
+          r"[0-9０-９]+(?:号|弄)(?:[0-9]+(?:栋|幢|单元|室|楼))*"
+# a name is said after a cue (患者, 家属, ...) and ends at punctuation or a following verb; Latin names too
+NAME_CUES = "患者|病人|姓名|家属|联系人|配偶|母亲|父亲|丈夫|妻子|儿子|女儿|之子|之女|患儿|签名|医师|护士"
+NAME_END = r"(?=[，,。；;、:：\s（）()]|陪同|因|于|诉|主诉|入院|出院|$)"
 
 
-def mask_identifiers(text: Column) -> Column:
-    """ID numbers, mobile phones and labelled MRNs in free text replaced by a tag."""
-    masked = F.regexp_replace(text, ID_NUMBER, "[身份证号]")
-    masked = F.regexp_replace(masked, PHONE, "[电话]")
-    return F.regexp_replace(masked, LABELLED_MRN, "$1[病案号]")
+def name_pattern(surnames: list[str]) -> str:
+    """A Chinese name (a known surname and one or two characters) or a Latin one, right after a cue."""
+    cue = f"(?<=(?:{NAME_CUES})[:：]?\\s?)"
+    han = f"(?:{'|'.join(surnames)})\\p{{IsHan}}{{1,2}}?{NAME_END}"
+    latin = r"[A-Z][A-Za-z]+(?: [A-Z][A-Za-z]+){1,2}(?![A-Za-z])"
+    return f"{cue}(?:{han}|{latin})"
+
+
+def scrub_rules(surnames: list[str]) -> list[tuple[str, str, str]]:
+    """(kind, Java regex, replacement) in the order they apply; rules are data, so the scrubber and its
+    measurement (`scrub_spans`) use the same list."""
+    return [("national_id", ID_NUMBER, "[身份证号]"), ("phone", PHONE, "[电话]"), ("phone", LANDLINE, "[电话]"),
+            ("mrn", LABELLED_MRN, "$1[病案号]"), ("address", ADDRESS, "[地址]"),
+            ("name", name_pattern(surnames), "[姓名]")]
+
+
+def mask_identifiers(text: Column, surnames: list[str]) -> Column:
+    """Names, ID numbers, phones, addresses and labelled MRNs in free text replaced by a tag."""
+    return reduce(lambda masked, rule: F.regexp_replace(masked, rule[1], rule[2]), scrub_rules(surnames), text)
+
+
+def scrub_spans(text: Column, surnames: list[str]) -> Column:
+    """What the scrubber removes, as an array of (kind, span), each rule applied after the previous ones."""
+    spans, masked = [], text
+    for kind, pattern, replacement in scrub_rules(surnames):
+        found = F.regexp_extract_all(masked, F.lit(pattern), 0)
+        if kind == "mrn":
+            found = F.transform(found, lambda s: F.regexp_replace(s, f"^{MRN_LABEL}", ""))
+        spans.append(F.transform(found, lambda s, k=kind: F.struct(F.lit(k).alias("kind"), s.alias("span"))))
+        masked = F.regexp_replace(masked, pattern, replacement)
+    return F.flatten(F.array(*spans))

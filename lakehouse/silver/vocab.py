@@ -21,6 +21,7 @@ VOCABS = {
     "icd10": ("code", "name"),
     "icd9cm3": ("code", "name"),
     "pinyin": ("character", "pinyin", "surname_pinyin"),  # toneless readings, for matching names (EMPI)
+    "surnames": ("surname",),  # common Chinese surnames, for finding names in free text
 }
 
 
@@ -48,6 +49,11 @@ def cancelled_values(vocab_dir: Path) -> dict[str, list[str]]:
         if status == "cancelled":
             found.setdefault(hospital_id, []).append(local_value)
     return found
+
+
+def surnames(vocab_dir: Path) -> list[str]:
+    """Surnames, compound ones (欧阳) first so a pattern tries them before their first character."""
+    return sorted((row[0] for row in _rows(vocab_dir / "surnames.csv", VOCABS["surnames"])), key=len, reverse=True)
 
 
 def load(spark: SparkSession, vocab_dir: Path, name: str) -> DataFrame:

@@ -38,15 +38,14 @@ def evaluate(spark: SparkSession, root: str, truth: Path, key: bytes) -> dict:
 def _metrics(spark: SparkSession, records: DataFrame, truth: Path) -> dict:
     found = records.where(F.col("predicted").isNotNull())
     a, b = found.alias("a"), found.alias("b")
-    pairs = (a.join(b, (F.col("a.patient_key") < F.col("b.patient_key"))
-                    & ((F.col("a.true_person") == F.col("b.true_person"))
-                       | (F.col("a.predicted") == F.col("b.predicted"))))
-             .select((F.col("a.true_person") == F.col("b.true_person")).alias("same"),
-                     (F.col("a.predicted") == F.col("b.predicted")).alias("linked")))
-    counts = pairs.agg(F.sum((F.col("same") & F.col("linked")).cast("int")).alias("tp"),
-                       F.sum(F.col("linked").cast("int")).alias("predicted"),
-                       F.sum(F.col("same").cast("int")).alias("true")).first()
-    tp, predicted, true = counts.tp or 0, counts.predicted or 0, counts.true or 0
+
+    def pairs_on(column: str) -> DataFrame:  # an equi-join: pairs sharing the column's value
+        return a.join(b, (F.col(f"a.{column}") == F.col(f"b.{column}"))
+                      & (F.col("a.patient_key") < F.col("b.patient_key")))
+
+    true = pairs_on("true_person").count()
+    tp = pairs_on("true_person").where(F.col("a.predicted") == F.col("b.predicted")).count()
+    predicted = pairs_on("predicted").count()
 
     home = found.where("primary").select("true_person", F.col("predicted").alias("home_person"))
     noisy = (found.where(~F.col("primary")).join(home, "true_person")  # whose home record is there to meet
