@@ -139,7 +139,7 @@ def test_job_runs_are_logged_with_config_and_io(spark, region):
     runs = io.read(spark, JOB_RUN, region.settings.root)
     jobs = {r.job for r in runs.where("status = 'succeeded'").collect()}
     assert {"ingest", "refine", "link", "build", f"train:{TASK}", f"score:{TASK}"} <= jobs
-    refine = runs.where("job = 'refine'").first()
+    refine = runs.where("job = 'refine' AND status = 'succeeded'").orderBy("started_at").first()
     assert refine.config_hash == region.settings.config_hash
     assert {o.table for o in refine.outputs} >= {"silver.person", "silver.encounter", "vault.identity"}
 

@@ -313,15 +313,20 @@ def standardize_medications(bronze: DataFrame, persons: DataFrame, drug_codes: D
                     p.timestamp("end_time"), F.lit(vocab_version).alias("vocab_version"), *_tail(p)))
 
 
-def free_text(column: str, entity: str, settings: Settings) -> Column:
-    """A free-text column decoded where its hospital sends it base64-encoded, then scrubbed of identifiers."""
+def decoded(column: str, entity: str, settings: Settings) -> Column:
+    """A bronze text column, decoded from base64 where its hospital's contract says it is sent so."""
     text = F.col(column)
     for hospital, contract in sorted(settings.sources.items()):
         source = contract.entities.get(entity)
         if source is not None and column in source.base64:
             text = F.when(F.col("_hospital_id") == hospital,
                           F.decode(F.try_to_binary(F.col(column), F.lit("base64")), "UTF-8")).otherwise(text)
-    return mask_identifiers(text, vocab.surnames(settings.vocab_dir)).alias(column)
+    return text
+
+
+def free_text(column: str, entity: str, settings: Settings) -> Column:
+    """A free-text column, decoded, then scrubbed of direct identifiers."""
+    return mask_identifiers(decoded(column, entity, settings), vocab.surnames(settings.vocab_dir)).alias(column)
 
 
 def standardize_imaging(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:

@@ -98,8 +98,8 @@ def is_cancelled(status: Column, hospital: Column, cancelled: dict[str, list[str
 
 
 # direct identifiers that free text (notes, imaging reports) carries, found by pattern and context
-ID_NUMBER = r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])" \
-            r"[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
+# 18 characters with a birth year in the date block: a mistyped day or check character is still an identifier
+ID_NUMBER = r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{9}[0-9Xx](?![0-9A-Za-z])"
 PHONE = r"(?<![0-9A-Za-z])(?:\+?86[- ]?)?1[3-9][0-9][- ]?[0-9]{4}[- ]?[0-9]{4}(?![0-9A-Za-z])"
 LANDLINE = r"(?<![0-9A-Za-z])0[1-9][0-9]{1,2}-[2-9][0-9]{6,7}(?![0-9A-Za-z])"
 MRN_LABEL = r"(?:病案号|住院号|门诊号|病历号|MRN)[:：]?\s*"
