@@ -133,6 +133,11 @@ def mask_identifiers(text: Column, surnames: list[str]) -> Column:
     return reduce(lambda masked, rule: F.regexp_replace(masked, rule[1], rule[2]), scrub_rules(surnames), text)
 
 
+def _tagged(kind: str):
+    """element -> (kind, span); a one-argument function, as F.transform passes an index to two-argument ones."""
+    return lambda span: F.struct(F.lit(kind).alias("kind"), span.alias("span"))
+
+
 def scrub_spans(text: Column, surnames: list[str]) -> Column:
     """What the scrubber removes, as an array of (kind, span), each rule applied after the previous ones."""
     spans, masked = [], text
@@ -140,6 +145,6 @@ def scrub_spans(text: Column, surnames: list[str]) -> Column:
         found = F.regexp_extract_all(masked, F.lit(pattern), 0)
         if kind == "mrn":
             found = F.transform(found, lambda s: F.regexp_replace(s, f"^{MRN_LABEL}", ""))
-        spans.append(F.transform(found, lambda s, k=kind: F.struct(F.lit(k).alias("kind"), s.alias("span"))))
+        spans.append(F.transform(found, _tagged(kind)))
         masked = F.regexp_replace(masked, pattern, replacement)
     return F.flatten(F.array(*spans))
