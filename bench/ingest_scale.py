@@ -20,21 +20,17 @@ bench/results/<date>-ingest.json.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
+from _common import parser as bench_parser
+from _common import session, write_results
+
 from lakehouse.bronze.ingest import ingest
-from lakehouse.config import load_settings
-from lakehouse.spark import build_spark
 from lakehouse.synth.generator import generate
 
-PROJECT = Path(__file__).resolve().parents[1]
 FORMATS = ("csv", "hl7v2", "fhir_ndjson")
 
 
@@ -76,17 +72,11 @@ def baseline(spark, settings, files: list[tuple[str, str, Path]], fmt: str, root
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="var/bench/ingest")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[7_500, 75_000])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--driver-memory", default="8g")
+    parser = bench_parser(__doc__, "var/bench/ingest", [7_500, 75_000])
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--results", default=None, help="results file name (default <date>-ingest.json)")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-    settings = load_settings(PROJECT / "conf", "local", str(out / "root"))
-    spark = build_spark(settings, {"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false"})
+    out, settings, spark = session(args)
     results = []
     for size in args.sizes:
         region = out / f"p{size}"
@@ -116,12 +106,7 @@ def main() -> None:
             results.append(row)
             shutil.rmtree(work)
         shutil.rmtree(region)
-    folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    report = {"date": str(dt.date.today()), "cores": os.cpu_count(), "machine": platform.machine(),
-              "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-              "spark_master": spark.sparkContext.master, "ingest": results}
-    (folder / (args.results or f"{dt.date.today()}-ingest.json")).write_text(json.dumps(report, indent=1) + "\n")
+    write_results("ingest", "ingest", results, spark, args.results)
 
 
 if __name__ == "__main__":

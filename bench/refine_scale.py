@@ -15,25 +15,18 @@ JSON lines and to bench/results/<date>-refine.json.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import time
-from pathlib import Path
+
+from _common import KEY, VAULT_KEY, session, write_results
+from _common import parser as bench_parser
 
 from lakehouse import io
 from lakehouse.bronze.ingest import ingest
 from lakehouse.catalog import BRONZE
-from lakehouse.config import load_settings
 from lakehouse.silver.refine import refine
-from lakehouse.spark import build_spark
 from lakehouse.synth.generator import generate
-
-PROJECT = Path(__file__).resolve().parents[1]
-KEY, VAULT_KEY = bytes(range(32)), bytes(range(32, 64))  # benchmark keys: the data is synthetic
 
 
 def bronze_rows(spark, settings, batch: str | None = None) -> int:
@@ -52,15 +45,8 @@ def timed_refine(spark, settings, run_id: str, full: bool = False) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="var/bench/refine")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[7_500, 30_000])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--driver-memory", default="8g")
-    args = parser.parse_args()
-    out = Path(args.out).resolve()
-    settings = load_settings(PROJECT / "conf", "local", str(out / "root"))
-    spark = build_spark(settings, {"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false"})
+    args = bench_parser(__doc__, "var/bench/refine", [7_500, 30_000]).parse_args()
+    out, settings, spark = session(args)
     results = []
     for size in args.sizes:
         region = out / f"p{size}"
@@ -91,12 +77,7 @@ def main() -> None:
         shutil.rmtree(region)
         shutil.rmtree(landing)
         shutil.rmtree(local.root)
-    folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    report = {"date": str(dt.date.today()), "cores": os.cpu_count(), "machine": platform.machine(),
-              "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-              "spark_master": spark.sparkContext.master, "refine": results}
-    (folder / f"{dt.date.today()}-refine.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_results("refine", "refine", results, spark)
 
 
 if __name__ == "__main__":
