@@ -149,7 +149,8 @@ def weight(comparison: str, level: Column, linkage: Linkage) -> Column:
 
 
 def scored(pairs: DataFrame, feats: DataFrame, linkage: Linkage) -> DataFrame:
-    """left, right, score, levels (comparison -> level), agreed (the comparisons that weighed for), linked."""
+    """left, right, score, levels (comparison -> level), agreed (the comparisons that weighed for) and rule:
+    national_id (equal valid IDs), score (at or above the threshold) or null (not linked)."""
     left, right = feats.alias("l"), feats.alias("r")
     compared = (pairs.join(left, F.col("left") == F.col("l.patient_key"))
                 .join(right, F.col("right") == F.col("r.patient_key"))
