@@ -69,7 +69,7 @@ def features(plain: DataFrame, persons: DataFrame, pinyin: DataFrame) -> DataFra
             .withColumn("birth_year", F.year("birth_date")))
 
 
-def usable(features_: DataFrame) -> Column:
+def usable() -> Column:
     """A record that can be matched at all: some identifier besides sex."""
     return reduce(lambda a, b: a | b, [F.col(c).isNotNull() for c in ("national_id", "name_pinyin", "birth_date",
                                                                        "phone")])
@@ -237,7 +237,7 @@ def link_rows(feats: DataFrame, scored_: DataFrame, assigned: DataFrame, key: by
         (F.col("rule") == "national_id").desc(), F.col("score").desc(), "right"))).where("_r = 1")
         .select(F.col("left").alias("patient_key"), "rule", "score", F.col("right").alias("matched_patient_key"),
                 "agreed"))
-    flags = F.when(~usable(feats), F.array(F.lit(NO_IDENTIFIER))).otherwise(F.array().cast("array<string>"))
+    flags = F.when(~usable(), F.array(F.lit(NO_IDENTIFIER))).otherwise(F.array().cast("array<string>"))
     return (feats.select("patient_key", "hospital_id", flags.alias("flags"))
             .join(assigned.select("patient_key", "person_id"), "patient_key")
             .join(strongest, "patient_key", "left")

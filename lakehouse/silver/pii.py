@@ -36,7 +36,7 @@ class Hit:
         return f"{self.table}.{self.column}: {self.rows} rows with a {self.kind} (e.g. {self.sample})"
 
 
-def scanned_columns(ref: TableRef, df: DataFrame) -> list[str]:
+def scanned_columns(df: DataFrame) -> list[str]:
     return [f.name for f in df.schema.fields if f.dataType.simpleString() == "string"
             and not f.name.endswith("_key") and f.name not in SKIPPED]
 
@@ -52,7 +52,7 @@ def values(spark: SparkSession, root: str, refs: list[TableRef]) -> DataFrame:
     frames = []
     for ref in refs:
         df = io.read(spark, ref, root)
-        columns = scanned_columns(ref, df)
+        columns = scanned_columns(df)
         if columns:
             cells = F.explode(F.array(*[F.struct(F.lit(c).alias("column"), F.col(c).alias("value")) for c in columns]))
             frames.append(df.select(cells.alias("cell"))

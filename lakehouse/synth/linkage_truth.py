@@ -43,8 +43,10 @@ def _metrics(spark: SparkSession, records: DataFrame, truth: Path) -> dict:
         return a.join(b, (F.col(f"a.{column}") == F.col(f"b.{column}"))
                       & (F.col("a.patient_key") < F.col("b.patient_key")))
 
-    true = pairs_on("true_person").count()
-    tp = pairs_on("true_person").where(F.col("a.predicted") == F.col("b.predicted")).count()
+    same = pairs_on("true_person").agg(  # one pass: true pairs, and those the index linked
+        F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("a.predicted") == F.col("b.predicted"), 1)).alias("tp")
+    ).first()
+    true, tp = same.n, same.tp
     predicted = pairs_on("predicted").count()
 
     home = found.where("primary").select("true_person", F.col("predicted").alias("home_person"))
