@@ -258,8 +258,51 @@ TIMELINE = TableRef(
     "gold", "patient_timeline",
     "person_key STRING, time TIMESTAMP, code STRING, numeric_value DOUBLE, text_value STRING, "
     "unit STRING, hospital_id STRING, encounter_key STRING, source_table STRING, source_key STRING",
-    description="one row per clinical event, MEDS-like (subject, time, code, value)",
+    description="one row per clinical event, MEDS-like (subject, time, code, value), laid out by person_key",
 )
+PATIENT_SUMMARY = TableRef(
+    "gold", "patient_summary",
+    "person_key STRING, sex STRING, birth_year INT, hospitals ARRAY<STRING>, first_encounter_time TIMESTAMP, "
+    "last_encounter_time TIMESTAMP, encounters BIGINT, inpatient_stays BIGINT, outpatient_visits BIGINT, "
+    "emergency_visits BIGINT, deceased BOOLEAN, death_time TIMESTAMP, problems ARRAY<STRING>, "
+    "latest_labs MAP<STRING, STRUCT<time: TIMESTAMP, value: DOUBLE, unit: STRING>>",
+    keys=("person_key",),
+    description="one row per person: demographics (birth year only), hospitals, encounters, active problems, "
+                "latest key labs",
+)
+COHORT_ATTRITION = TableRef(
+    "gold", "cohort_attrition",
+    "cohort STRING, step INT, criterion STRING, kind STRING, persons BIGINT, index_events BIGINT, as_of DATE, "
+    "built_at TIMESTAMP",
+    keys=("cohort", "step"),
+    description="per cohort: how many persons (and index events) remain after each criterion, in order",
+)
+INDICATOR_INPATIENT_DAILY = TableRef(
+    "gold", "indicator_inpatient_daily",
+    "hospital_id STRING, department STRING, day DATE, admissions BIGINT, discharges BIGINT, deaths BIGINT, "
+    "census_midnight BIGINT, beds INT, bed_occupancy DOUBLE, los_mean_days DOUBLE, los_median_days DOUBLE, "
+    "discharges_alive BIGINT, readmissions_30d BIGINT, readmission_rate_30d DOUBLE, follow_up_complete BOOLEAN, "
+    "inhospital_mortality DOUBLE",
+    keys=("hospital_id", "department", "day"),
+    description="inpatient activity per hospital, department and day (definitions in the README)",
+)
+INDICATOR_REGISTRY = TableRef(
+    "gold", "indicator_registry",
+    "registry STRING, hospital_id STRING, as_of DATE, persons BIGINT",
+    keys=("registry", "hospital_id"),
+    description="chronic-disease registry sizes (cohorts with registry: true) per hospital, and ALL",
+)
+
+
+def cohort_table(name: str) -> TableRef:
+    return TableRef(
+        "gold", f"cohort_{name}",
+        "person_key STRING, index_time TIMESTAMP, encounter_key STRING, hospital_id STRING, age_at_index INT, "
+        "sex STRING, criteria_met ARRAY<STRING>, flags ARRAY<STRING>, "
+        "series MAP<STRING, ARRAY<STRUCT<time: TIMESTAMP, value: DOUBLE, unit: STRING>>>, as_of DATE",
+        keys=("person_key", "index_time", "encounter_key"),
+        description=f"members of cohort {name} (conf/cohorts/{name}.yaml) with their index event",
+    )
 
 
 def features_table(task: str, feature_names: list[str] | tuple[str, ...] = ()) -> TableRef:

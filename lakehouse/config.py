@@ -7,6 +7,8 @@ Layout (all YAML):
     conf/tasks/<task>.yaml        prediction tasks
     conf/dq/<table>.yaml          data-quality rules of one silver table
     conf/linkage.yaml             the regional person index: blocking, evidence weights, threshold
+    conf/cohorts/<cohort>.yaml    cohort definitions (gold.cohort_<name>)
+    conf/beds.yaml                staffed beds per hospital and department (bed-occupancy indicators)
     conf/vocab/*.csv              vocabularies (read by the silver stage, not here)
 
 Every error names the file and the dotted key, and is raised before any data is touched.
@@ -14,6 +16,7 @@ Every error names the file and the dotted key, and is raised before any data is 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from lakehouse.errors import ConfigError
 
@@ -74,6 +77,18 @@ class DemoSettings(Strict):
     seed: int = 42
 
 
+class GoldSettings(Strict):
+    as_of: dt.date | None = Field(None, description="the day relative windows count back from (cohorts, "
+                                                    "registries, indicators); null: the day after the last event")
+    timeline_rows_per_file: PositiveInt = Field(1_000_000, description="timeline files hold a person-key range each")
+    problem_lookback_days: PositiveInt = Field(730, description="a diagnosis this recent (before the person's last "
+                                                                "event) is on the active problem list")
+    key_labs: list[str] = Field(default_factory=lambda: ["4548-4", "14682-9", "14749-6", "2951-2", "2823-3",
+                                                         "718-7", "1751-7"],
+                                description="LOINC codes whose latest value the patient summary shows")
+    meds_dataset_name: str = "lakehouse-region"
+
+
 class MainSettings(Strict):
     root: str = "var/lakehouse"
     landing: str = "var/sample/landing"
@@ -82,6 +97,7 @@ class MainSettings(Strict):
     mlflow: MlflowSettings = MlflowSettings()
     secrets: SecretSettings = SecretSettings()
     demo: DemoSettings = DemoSettings()
+    gold: GoldSettings = GoldSettings()
 
 
 # --- source contracts ---------------------------------------------------------------------------
@@ -266,6 +282,161 @@ class Linkage(Strict):
         return value
 
 
+# --- cohorts (conf/cohorts/<name>.yaml) and beds (conf/beds.yaml) -----------------------------------
+
+# code systems of gold.patient_timeline (a code is SYSTEM//value; MEDS_BIRTH and MEDS_DEATH stand alone)
+CODE_SYSTEMS = ("ICD10", "ICD9CM3", "LOINC", "ATC", "ADMISSION", "DISCHARGE", "VISIT", "SEX", "LOCAL_DX",
+                "LOCAL_PROC", "LOCAL_LAB", "LOCAL_VITAL", "LOCAL_DRUG")
+STANDALONE_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
+
+
+def _check_codes(codes: list[str]) -> list[str]:
+    for code in codes:
+        system, sep, rest = code.partition("//")
+        if code in STANDALONE_CODES:
+            continue
+        if not sep:
+            raise ValueError(f"{code!r} has no code system: write SYSTEM//code (systems {list(CODE_SYSTEMS)})")
+        if system not in CODE_SYSTEMS:
+            raise ValueError(f"unknown code system {system!r} in {code!r}; known: {list(CODE_SYSTEMS)}")
+    return codes
+
+
+class Window(Strict):
+    """Days relative to the anchor (the index event, or the as-of day), both ends inclusive; null is unbounded."""
+
+    start_days: int | None = None
+    end_days: int | None = None
+    relative_to: Literal["index", "as_of"] = "index"
+
+    @field_validator("end_days")
+    @classmethod
+    def _possible(cls, value: int | None, info) -> int | None:
+        start = info.data.get("start_days")
+        if value is not None and start is not None and start > value:
+            raise ValueError(f"impossible window: start_days {start} is after end_days {value}")
+        return value
+
+
+class Range(Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("max")
+    @classmethod
+    def _ordered(cls, value: float | None, info) -> float | None:
+        low = info.data.get("min")
+        if value is not None and low is not None and low > value:
+            raise ValueError(f"impossible range: min {low} is above max {value}")
+        return value
+
+
+class Criterion(Strict):
+    """One inclusion, exclusion or flag: events by code prefix (in a window, in the index stay, with a value in
+    range, at least `min_count` of them; `absent` inverts), or an attribute of the index event (age, sex,
+    encounter type)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    codes: list[str] = Field(default_factory=list)
+    window: Window | None = None
+    same_encounter: bool = False
+    value: Range | None = None
+    min_count: PositiveInt = 1
+    absent: bool = False
+    age: Range | None = None
+    sex: Literal["male", "female"] | None = None
+    encounter_type: list[Literal["inpatient", "outpatient", "emergency"]] = Field(default_factory=list)
+
+    @field_validator("codes")
+    @classmethod
+    def _known_systems(cls, value: list[str]) -> list[str]:
+        return _check_codes(value)
+
+    @property
+    def is_event(self) -> bool:
+        return bool(self.codes)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Criterion:
+        attributes = [k for k in ("age", "sex", "encounter_type") if getattr(self, k)]
+        event_only = [k for k in ("window", "value", "same_encounter", "absent") if getattr(self, k)]
+        if self.codes and attributes:
+            raise ValueError(f"criterion {self.name}: codes and {attributes} in one criterion; split it in two")
+        if not self.codes and not attributes:
+            raise ValueError(f"criterion {self.name}: needs codes or one of age, sex, encounter_type")
+        if not self.codes and event_only:
+            raise ValueError(f"criterion {self.name}: {event_only} apply to events (codes) only")
+        if self.same_encounter and self.window is not None:
+            raise ValueError(f"criterion {self.name}: same_encounter and window exclude each other")
+        return self
+
+
+class CohortIndex(Strict):
+    """The index events: timeline events by code prefix, optionally in a window before the as-of day."""
+
+    codes: list[str] = Field(min_length=1)
+    window: Window | None = None
+    select: Literal["all", "first", "last"] = "all"
+
+    @field_validator("codes")
+    @classmethod
+    def _known_systems(cls, value: list[str]) -> list[str]:
+        return _check_codes(value)
+
+    @field_validator("window")
+    @classmethod
+    def _as_of(cls, value: Window | None) -> Window | None:
+        if value is not None and value.relative_to != "as_of":
+            raise ValueError("the index window counts from the as-of day: set relative_to: as_of")
+        if value is not None and value.start_days is not None and value.start_days > 0:
+            raise ValueError("impossible window: the index cannot start after the as-of day")
+        return value
+
+
+class Series(Strict):
+    """Values of one code family around the index, kept with each member (e.g. an HbA1c trajectory)."""
+
+    codes: list[str] = Field(min_length=1)
+    window: Window | None = None
+    same_encounter: bool = False
+
+    @field_validator("codes")
+    @classmethod
+    def _known_systems(cls, value: list[str]) -> list[str]:
+        return _check_codes(value)
+
+
+class CohortSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    registry: bool = Field(False, description="count members per hospital in gold.indicator_registry")
+    as_of: dt.date | None = None
+    index: CohortIndex
+    inclusion: list[Criterion] = Field(default_factory=list)
+    exclusion: list[Criterion] = Field(default_factory=list)
+    flags: list[Criterion] = Field(default_factory=list)
+    series: dict[str, Series] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CohortSpec:
+        names = [c.name for c in (*self.inclusion, *self.exclusion, *self.flags)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"criterion names must be unique in a cohort: {repeated}")
+        return self
+
+
+class Beds(Strict):
+    """Staffed beds per hospital and inpatient department; a department not listed has `default`."""
+
+    default: PositiveInt
+    hospitals: dict[str, dict[str, PositiveInt]] = Field(default_factory=dict)
+
+    def of(self, hospital: str, department: str) -> int:
+        return self.hospitals.get(hospital, {}).get(department, self.default)
+
+
 # --- the whole configuration --------------------------------------------------------------------
 
 class Settings(BaseModel):
@@ -281,6 +452,8 @@ class Settings(BaseModel):
     tasks: dict[str, TaskSpec]
     dq: dict[str, DqTable] = {}
     linkage: Linkage | None = None
+    cohorts: dict[str, CohortSpec] = {}
+    beds: Beds | None = None
     config_hash: str
 
     @property
@@ -300,6 +473,11 @@ class Settings(BaseModel):
     @property
     def vocab_dir(self) -> Path:
         return self.conf_dir / "vocab"
+
+    def cohort(self, name: str) -> CohortSpec:
+        if name not in self.cohorts:
+            raise ConfigError(str(self.conf_dir / "cohorts"), name, f"no such cohort; known: {sorted(self.cohorts)}")
+        return self.cohorts[name]
 
     def task(self, name: str) -> TaskSpec:
         if name not in self.tasks:
@@ -336,19 +514,28 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     dq = _load_dq(conf_dir / "dq")
     linkage_file = conf_dir / "linkage.yaml"
     linkage = _validate(Linkage, _read_yaml(linkage_file), {}, str(linkage_file))
+    cohorts = _load_cohorts(conf_dir / "cohorts")
+    beds_file = conf_dir / "beds.yaml"
+    beds = _validate(Beds, _read_yaml(beds_file), {}, str(beds_file))
+    for hospital in beds.hospitals:
+        if hospital not in by_hospital:
+            raise ConfigError(str(beds_file), f"hospitals.{hospital}", f"no source contract for {hospital}")
 
     digest = hashlib.sha256(
         json.dumps(
-            {"main": main.model_dump(), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
+            {"main": main.model_dump(mode="json"), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),
+             "cohorts": {k: v.model_dump(mode="json") for k, v in cohorts.items()},
+             "beds": beds.model_dump(),
              "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
                        if f.is_file()}},
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
-                        tasks=tasks, dq=dq, linkage=linkage, config_hash=digest)
+                        tasks=tasks, dq=dq, linkage=linkage, cohorts=cohorts, beds=beds,
+                        config_hash=digest)
     return settings.model_copy(update={"root": settings.path(chosen_root)})
 
 
@@ -468,6 +655,17 @@ def _check_task_features(folder: Path, tasks: dict[str, TaskSpec]) -> None:
             if name not in FEATURES:
                 raise ConfigError(str(folder / f"{spec.name}.yaml"), f"features.{i}",
                                   f"unknown feature {name!r}; known: {sorted(FEATURES)}")
+
+
+def _load_cohorts(folder: Path) -> dict[str, CohortSpec]:
+    cohorts: dict[str, CohortSpec] = {}
+    for file, spec in _load_dir(folder, CohortSpec).items():
+        if spec.name in cohorts:
+            raise ConfigError(file, "name", f"cohort {spec.name!r} is defined twice")
+        if Path(file).stem != spec.name:
+            raise ConfigError(file, "name", f"the file of cohort {spec.name!r} must be {spec.name}.yaml")
+        cohorts[spec.name] = spec
+    return cohorts
 
 
 def _load_dq(folder: Path) -> dict[str, DqTable]:

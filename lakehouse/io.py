@@ -102,6 +102,14 @@ def overwrite(spark: SparkSession, df: DataFrame, ref: TableRef, root: str) -> W
     return _finish(spark, ref, root)
 
 
+def replace_where(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, condition: str) -> Written:
+    """Replace the rows matching the SQL `condition` (every row of `df` must match it) in one commit."""
+    if not exists(spark, ref, root):
+        return append(spark, df, ref, root)
+    df.write.format("delta").mode("overwrite").option("replaceWhere", condition).save(ref.path(root))
+    return _finish(spark, ref, root)
+
+
 def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
           keys: tuple[str, ...] | None = None, update_when: str | None = None,
           delete_column: str | None = None) -> Written:
