@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
@@ -79,8 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "characters); default: a fresh key, written to the secrets file")
     add("pii-scan", "search every string column of silver and gold for national ID numbers, phone numbers and "
         "the vault's names; exit 1 if any is found")
-    add("build", "silver -> gold: patient timeline and feature tables").add_argument(
+    add("build", "silver -> gold: patient timeline and summary, cohorts, indicators, feature tables").add_argument(
         "--force", action="store_true", help=force)
+    cohort = add("cohort", "(re)build one cohort of conf/cohorts into gold.cohort_<name> and print its attrition")
+    cohort.add_argument("--name", required=True, help="cohort name (conf/cohorts/<name>.yaml)")
+    cohort.add_argument("--as-of", type=_date, help="YYYY-MM-DD (default: the cohort's as_of, gold.as_of, or the "
+                        "day after the last event)")
+    meds_command = add("export-meds", "write the patient timeline as a MEDS dataset (data shards and metadata)")
+    meds_command.add_argument("--out", required=True, help="an empty or new local folder")
     train = add("train", "train, evaluate, log to MLflow and register a model per task")
     train.add_argument("--task", help="one task (default: all under conf/tasks)")
     train.add_argument("--force", action="store_true", help=force)
@@ -206,6 +213,30 @@ def _build(args, settings: Settings) -> int:
     return 0
 
 
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {value!r}") from None
+
+
+def _cohort(args, settings: Settings) -> int:
+    settings.cohort(args.name)  # validates the name before Spark
+    attrition = pipeline.run_cohort_job(_spark(settings), settings, args.name, args.as_of)
+    print(f"cohort {args.name} (as of {attrition[0]['as_of']}): gold.cohort_{args.name}")
+    for row in attrition:
+        print(f"  {row['step']:>2} {row['kind']:<9} {row['criterion']:<28} persons={row['persons']:<8} "
+              f"index_events={row['index_events']}")
+    return 0
+
+
+def _export_meds(args, settings: Settings) -> int:
+    result = pipeline.run_export_meds(_spark(settings), settings, args.out)
+    print(f"MEDS dataset in {result.out}: {result.subjects} subjects, {result.events} events in {result.shards} "
+          f"shards, {result.codes} codes (timeline version {result.timeline_version})")
+    return 0
+
+
 def _train(args, settings: Settings) -> int:
     tasks = [settings.task(args.task)] if args.task else None  # validates the name before Spark
     pipeline.run_train(_spark(settings), settings, tasks[0].name if tasks else None, args.force)
@@ -309,6 +340,8 @@ COMMANDS: dict[str, Callable] = {
     "vault": _vault,
     "pii-scan": _pii_scan,
     "build": _build,
+    "cohort": _cohort,
+    "export-meds": _export_meds,
     "train": _train,
     "score": _score,
     "run-all": _run_all,

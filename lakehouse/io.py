@@ -50,6 +50,22 @@ def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
     return Written(ref.qualified, latest_version(spark, ref, root), read(spark, ref, root).count())
 
 
+def files_scanned(df: DataFrame) -> int:
+    """Files the scans of `df`'s last execution read, after Delta's data skipping (run an action first)."""
+    def walk(node) -> int:
+        name = node.getClass().getSimpleName()
+        if name == "AdaptiveSparkPlanExec":
+            return walk(node.executedPlan())
+        if name.endswith("QueryStageExec"):
+            return walk(node.plan())
+        metrics = node.metrics()
+        total = metrics.apply("numFiles").value() if metrics.contains("numFiles") else 0
+        children = node.children()
+        return total + sum(walk(children.apply(i)) for i in range(children.size()))
+
+    return walk(df._jdf.queryExecution().executedPlan())  # noqa: SLF001
+
+
 _REGISTERED: set[tuple[str, str, str]] = set()  # (Spark application, table, location) registered by this process
 
 

@@ -10,11 +10,12 @@ from pyspark.sql import SparkSession
 
 from lakehouse import io, secrets
 from lakehouse.bronze.ingest import ingest
-from lakehouse.catalog import TableRef, predictions_table
+from lakehouse.catalog import TIMELINE, TableRef, predictions_table
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, LakehouseError
-from lakehouse.gold.build import build, build_inputs
+from lakehouse.gold.build import build, build_inputs, run_cohort, silver_tables
 from lakehouse.gold.build import outputs as build_outputs
+from lakehouse.gold.meds import MedsExport, export_meds
 from lakehouse.io import Written
 from lakehouse.ml.score import score, score_inputs
 from lakehouse.ml.train import TrainResult, current, train, train_inputs
@@ -111,6 +112,29 @@ def run_link(spark: SparkSession, settings: Settings, force: bool = False) -> Jo
 def run_build(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
     return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings),
                   lambda run: build(spark, settings), force)
+
+
+def run_cohort_job(spark: SparkSession, settings: Settings, name: str, as_of=None):
+    """One cohort from the current timeline (the build writes them all); returns its attrition rows."""
+    spec = settings.cohort(name)
+    with JobRun(spark, settings, f"cohort:{name}") as run:
+        timeline = io.read(spark, TIMELINE, settings.root)
+        run.read(io.describe(spark, TIMELINE, settings.root))
+        result, written = run_cohort(spark, settings, spec, timeline, silver_tables(spark, settings), as_of)
+        for item in written:
+            run.wrote(item)
+        attrition = result.attrition.orderBy("step").collect()  # one row per criterion
+        run.note("; ".join(f"{r['criterion']}: {r['persons']}" for r in attrition))
+    return attrition
+
+
+def run_export_meds(spark: SparkSession, settings: Settings, out: str) -> MedsExport:
+    with JobRun(spark, settings, "export-meds") as run:
+        run.read(io.describe(spark, TIMELINE, settings.root))
+        result = export_meds(spark, settings, out)
+        run.note(f"{result.out}: {result.subjects} subjects, {result.events} events, {result.shards} shards, "
+                 f"{result.codes} codes, timeline version {result.timeline_version}")
+    return result
 
 
 def run_train(spark: SparkSession, settings: Settings, task: str | None = None,

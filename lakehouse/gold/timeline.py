@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.catalog import (
@@ -124,6 +124,12 @@ def timeline_events(tables: dict[str, DataFrame]) -> DataFrame:
     for source in CODED_SOURCES:
         events = events.unionByName(coded_events(tables[source.table.name], source))
     return events.where(F.col("time").isNotNull() & F.col("person_key").isNotNull()).select(*TIMELINE_COLUMNS)
+
+
+def person_timeline(spark: SparkSession, root: str, person_key: str) -> DataFrame:
+    """One person's events in time order (data skipping on person_key reads one file or two)."""
+    return (spark.read.format("delta").load(TIMELINE.path(root)).where(F.col("person_key") == person_key)
+            .orderBy("time", "code"))
 
 
 def file_count(rows: int, rows_per_file: int) -> int:
