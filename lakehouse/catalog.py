@@ -277,12 +277,19 @@ COHORT_ATTRITION = TableRef(
     keys=("cohort", "step"),
     description="per cohort: how many persons (and index events) remain after each criterion, in order",
 )
+COHORT_STEPS = TableRef(
+    "gold", "cohort_steps",
+    "cohort STRING, person_key STRING, passed ARRAY<BIGINT>",
+    keys=("cohort", "person_key"),
+    description="per cohort and person with an index event: index events left after each attrition step "
+                "(gold.cohort_attrition is its sum; kept so that an increment re-counts only the persons it touches)",
+)
 INDICATOR_INPATIENT_DAILY = TableRef(
     "gold", "indicator_inpatient_daily",
     "hospital_id STRING, department STRING, day DATE, admissions BIGINT, discharges BIGINT, deaths BIGINT, "
     "census_midnight BIGINT, beds INT, bed_occupancy DOUBLE, los_mean_days DOUBLE, los_median_days DOUBLE, "
     "discharges_alive BIGINT, readmissions_30d BIGINT, readmission_rate_30d DOUBLE, follow_up_complete BOOLEAN, "
-    "inhospital_mortality DOUBLE",
+    "inhospital_mortality DOUBLE, as_of DATE",
     keys=("hospital_id", "department", "day"),
     description="inpatient activity per hospital, department and day (definitions in the README)",
 )

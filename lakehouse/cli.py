@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "characters); default: a fresh key, written to the secrets file")
     add("pii-scan", "search every string column of silver and gold for national ID numbers, phone numbers and "
         "the vault's names; exit 1 if any is found")
-    add("build", "silver -> gold: patient timeline and summary, cohorts, indicators, feature tables").add_argument(
-        "--force", action="store_true", help=force)
+    build_command = add("build", "silver -> gold: patient timeline and summary, cohorts, indicators, feature "
+                        "tables (an increment for the persons and days silver changed since the last build)")
+    build_command.add_argument("--force", action="store_true", help=force)
+    build_command.add_argument("--full", action="store_true", help="rebuild everything, not an increment")
     cohort = add("cohort", "(re)build one cohort of conf/cohorts into gold.cohort_<name> and print its attrition")
     cohort.add_argument("--name", required=True, help="cohort name (conf/cohorts/<name>.yaml)")
     cohort.add_argument("--as-of", type=_date, help="YYYY-MM-DD (default: the cohort's as_of, gold.as_of, or the "
@@ -209,7 +211,7 @@ def _pii_scan(args, settings: Settings) -> int:
 
 
 def _build(args, settings: Settings) -> int:
-    pipeline.run_build(_spark(settings), settings, args.force)
+    pipeline.run_build(_spark(settings), settings, args.force, args.full)
     return 0
 
 

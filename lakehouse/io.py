@@ -126,6 +126,30 @@ def replace_where(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, 
     return _finish(spark, ref, root)
 
 
+def replace_groups(spark: SparkSession, rows: DataFrame, ref: TableRef, root: str, groups: DataFrame,
+                   on: tuple[str, ...]) -> Written:
+    """Delete every row of the groups (`groups` holds their `on` values) and insert `rows`, in one MERGE commit.
+
+    One marker row per group matches all of the group's rows (delete); the new rows never match (insert).
+    Every row of `rows` must belong to one of the groups. Creates the table on first use.
+    """
+    if not exists(spark, ref, root):
+        return append(spark, rows, ref, root)
+    marker = "_replace_group"
+    markers = groups.select(*on).distinct()
+    for field in rows.schema.fields:
+        if field.name not in on:
+            markers = markers.withColumn(field.name, F.lit(None).cast(field.dataType))
+    source = (rows.withColumn(marker, F.lit(False))
+              .unionByName(markers.select(*rows.columns).withColumn(marker, F.lit(True))))
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in on) + f" AND s.{marker}"
+    (DeltaTable.forPath(spark, ref.path(root)).alias("t").merge(source.alias("s"), condition)
+     .whenMatchedDelete()
+     .whenNotMatchedInsert(condition=f"NOT s.{marker}", values={c: f"s.`{c}`" for c in rows.columns})
+     .execute())
+    return _finish(spark, ref, root)
+
+
 def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
           keys: tuple[str, ...] | None = None, update_when: str | None = None,
           delete_column: str | None = None) -> Written:

@@ -109,9 +109,15 @@ def run_link(spark: SparkSession, settings: Settings, force: bool = False) -> Jo
     return _stage(spark, settings, "link", link_inputs(spark, settings), list(LINK_OUTPUTS), work, force)
 
 
-def run_build(spark: SparkSession, settings: Settings, force: bool = False) -> JobRun:
-    return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings),
-                  lambda run: build(spark, settings), force)
+def run_build(spark: SparkSession, settings: Settings, force: bool = False, full: bool = False) -> JobRun:
+    """Gold from silver: an increment for the persons and days silver changed since the last build."""
+    def work(run: JobRun) -> list[Written]:
+        result = build(spark, settings, run.previous_inputs(), full)
+        run.note(result.summary())
+        return result.written
+
+    return _stage(spark, settings, "build", build_inputs(spark, settings), build_outputs(settings), work,
+                  force or full)
 
 
 def run_cohort_job(spark: SparkSession, settings: Settings, name: str, as_of=None):
@@ -120,10 +126,10 @@ def run_cohort_job(spark: SparkSession, settings: Settings, name: str, as_of=Non
     with JobRun(spark, settings, f"cohort:{name}") as run:
         timeline = io.read(spark, TIMELINE, settings.root)
         run.read(io.describe(spark, TIMELINE, settings.root))
-        result, written = run_cohort(spark, settings, spec, timeline, silver_tables(spark, settings), as_of)
+        table, written = run_cohort(spark, settings, spec, timeline, silver_tables(spark, settings), as_of)
         for item in written:
             run.wrote(item)
-        attrition = result.attrition.orderBy("step").collect()  # one row per criterion
+        attrition = table.orderBy("step").collect()  # one row per criterion
         run.note("; ".join(f"{r['criterion']}: {r['persons']}" for r in attrition))
     return attrition
 

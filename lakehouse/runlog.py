@@ -61,15 +61,19 @@ class JobRun:
         A stage whose inputs have not changed is then skipped, so a second run-all adds no table
         version, no model version and no prediction.
         """
+        previous = self.previous_inputs()
+        return previous is not None and previous == {w.table: w.version for w in self.inputs}
+
+    def previous_inputs(self) -> dict[str, int] | None:
+        """Table -> version read by this job's last successful run, if that run had today's configuration."""
         if not io.exists(self.spark, JOB_RUN, self.settings.root):
-            return False
+            return None
         last = (io.read(self.spark, JOB_RUN, self.settings.root)
                 .where(F.col("job") == self.job).where(F.col("status").isin(SUCCEEDED, SKIPPED))
                 .orderBy(F.col("ended_at").desc()).select("config_hash", "inputs").first())
         if last is None or last.config_hash != self.settings.config_hash:
-            return False
-        previous = {(i.table, i.version) for i in last.inputs}
-        return previous == {(w.table, w.version) for w in self.inputs}
+            return None
+        return {i.table: i.version for i in last.inputs}
 
     def skip(self) -> None:
         self.skipped = True

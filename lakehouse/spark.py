@@ -51,6 +51,8 @@ def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> Spar
         "spark.databricks.delta.snapshotPartitions": str(spark_settings.shuffle_partitions),
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # every table keeps its change data feed: gold's increment reads which persons silver changed
+        "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "true",
         # Spark 4 accepts only UTF/ISO charsets unless told to use any Java charset (GB18030, GBK)
         "spark.sql.legacy.javaCharsets": "true",
         # reading a list of files (ingest reads each new file by name) lists them on the driver instead of

@@ -1,15 +1,26 @@
-"""The gold stage: silver -> timeline -> summary, cohorts, indicators and each task's feature table."""
+"""The gold stage: silver -> timeline -> summary, cohorts, indicators and each task's feature table.
+
+A build is incremental when the previous successful build had today's configuration and every silver
+table kept its change data feed since: the persons whose silver rows changed (inserted, updated,
+deleted, or moved to another person by the person index) are rebuilt in the timeline, the summary and
+the cohorts, and the days their stays touch in the indicators; everything else is left as it was. A
+moved as-of day rebuilds the cohorts and indicators that count from it in full; the feature tables are
+rebuilt in full every time.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import io
 from lakehouse.catalog import (
     COHORT_ATTRITION,
+    COHORT_STEPS,
     ENCOUNTER,
     INDICATOR_INPATIENT_DAILY,
     INDICATOR_REGISTRY,
@@ -20,14 +31,37 @@ from lakehouse.catalog import (
     features_table,
 )
 from lakehouse.config import CohortSpec, Settings
-from lakehouse.gold.cohort import CohortResult, evaluate
+from lakehouse.gold.cohort import attrition, evaluate
 from lakehouse.gold.features import build_features
-from lakehouse.gold.indicators import inpatient_daily, registry_sizes
+from lakehouse.gold.indicators import inpatient_daily, registry_sizes, touched_days
 from lakehouse.gold.summary import patient_summary
 from lakehouse.gold.timeline import SOURCE_TABLES, file_count, laid_out, timeline_events
 from lakehouse.io import Written
 
 INPUTS = SOURCE_TABLES
+PERSON_KEY = ("person_key",)
+
+
+@dataclass
+class BuildResult:
+    written: list[Written] = field(default_factory=list)
+    mode: str = "full"
+    reason: str = ""
+    persons: int | None = None  # persons rebuilt by an increment
+    days: int | None = None  # indicator days rebuilt by an increment
+
+    def summary(self) -> str:
+        if self.mode == "full":
+            return f"full build ({self.reason})"
+        return f"increment: {self.persons} persons and {self.days} indicator days rebuilt"
+
+
+@dataclass
+class Changes:
+    """What silver changed since the last build: persons (one column, materialized) and stays (both images)."""
+
+    persons: DataFrame
+    stays: DataFrame
 
 
 def build_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
@@ -36,8 +70,9 @@ def build_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
 
 def outputs(settings: Settings) -> list:
     cohorts = [cohort_table(name) for name in settings.cohorts]
+    cohort_state = [COHORT_STEPS, COHORT_ATTRITION] if cohorts else []
     registry = [INDICATOR_REGISTRY] if any(c.registry for c in settings.cohorts.values()) else []
-    return ([TIMELINE, PATIENT_SUMMARY, *cohorts, COHORT_ATTRITION, INDICATOR_INPATIENT_DAILY, *registry]
+    return ([TIMELINE, PATIENT_SUMMARY, *cohorts, *cohort_state, INDICATOR_INPATIENT_DAILY, *registry]
             + [features_table(t.name, t.features) for t in settings.tasks.values()])
 
 
@@ -58,6 +93,36 @@ def as_of_day(settings: Settings, timeline: DataFrame, spec: CohortSpec | None =
     return settings.main.gold.as_of or data_end(timeline)
 
 
+def silver_changes(spark: SparkSession, settings: Settings, previous: dict[str, int],
+                   current: dict[str, int]) -> Changes | None:
+    """Persons and stays changed between the versions the last build read and now; None when a table's
+    change data feed does not cover the range (then only a full build is right)."""
+    persons, stays = [], []
+    for ref in INPUTS:
+        start, end = previous.get(ref.qualified), current[ref.qualified]
+        if start is None or end < start:
+            return None
+        if end == start:
+            continue
+        feed = (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", start + 1)
+                .option("endingVersion", end).load(ref.path(settings.root)))
+        persons.append(feed.select("person_key"))
+        if ref is ENCOUNTER:
+            stays.append(feed.select("admit_time", "discharge_time"))
+    if not persons:
+        empty = spark.createDataFrame([], "person_key STRING")
+        return Changes(empty, spark.createDataFrame([], "admit_time TIMESTAMP, discharge_time TIMESTAMP"))
+    touched = persons[0]
+    for frame in persons[1:]:
+        touched = touched.unionByName(frame)
+    try:
+        touched = touched.where(F.col("person_key").isNotNull()).distinct().localCheckpoint()
+    except AnalysisException:  # change data was not recorded for part of the range
+        return None
+    return Changes(touched, stays[0] if stays else
+                   spark.createDataFrame([], "admit_time TIMESTAMP, discharge_time TIMESTAMP"))
+
+
 def write_timeline(spark: SparkSession, settings: Settings, silver: dict[str, DataFrame]) -> Written:
     """Overwrite the timeline in person_key ranges sized from the silver row counts (answered by Delta stats)."""
     rows = sum(io.describe(spark, ref, settings.root).rows for ref in INPUTS)
@@ -65,39 +130,110 @@ def write_timeline(spark: SparkSession, settings: Settings, silver: dict[str, Da
     return io.overwrite(spark, laid_out(timeline_events(silver), files), TIMELINE, settings.root)
 
 
+def _previous_as_of(spark: SparkSession, ref, root: str, where: str | None = None) -> dt.date | None:
+    if not io.exists(spark, ref, root):
+        return None
+    rows = io.read(spark, ref, root)
+    row = (rows.where(where) if where else rows).select("as_of").first()
+    return row[0] if row else None
+
+
 def run_cohort(spark: SparkSession, settings: Settings, spec: CohortSpec, timeline: DataFrame,
-               silver: dict[str, DataFrame], as_of: dt.date | None = None) -> tuple[CohortResult, list[Written]]:
-    """gold.cohort_<name> overwritten, and the cohort's rows of gold.cohort_attrition replaced."""
+               silver: dict[str, DataFrame], as_of: dt.date | None = None,
+               touched: DataFrame | None = None) -> tuple[DataFrame, list[Written]]:
+    """gold.cohort_<name>, its gold.cohort_steps rows and its gold.cohort_attrition rows: all of them, or with
+    `touched` only those persons' (the as-of day must be the one the cohort was last built with)."""
     as_of = as_of or as_of_day(settings, timeline, spec)
-    result = evaluate(spark, spec, timeline, silver[ENCOUNTER.name], silver[PERSON.name], as_of)
-    written = [io.overwrite(spark, result.members, cohort_table(spec.name), settings.root),
-               io.replace_where(spark, result.attrition, COHORT_ATTRITION, settings.root,
-                                f"cohort = '{spec.name}'")]  # a name is [a-z0-9_]
-    return result, written
+    root, ref = settings.root, cohort_table(spec.name)
+    encounters, persons = silver[ENCOUNTER.name], silver[PERSON.name]
+    if touched is not None:
+        timeline, encounters, persons = (df.join(touched, "person_key", "left_semi")
+                                         for df in (timeline, encounters, persons))
+    result = evaluate(spec, timeline, encounters, persons, as_of)
+    mine = f"cohort = '{spec.name}'"  # a name is [a-z0-9_]
+    if touched is None:
+        written = [io.overwrite(spark, result.members, ref, root),
+                   io.replace_where(spark, result.steps, COHORT_STEPS, root, mine)]
+    else:
+        written = [io.replace_groups(spark, result.members, ref, root, touched, PERSON_KEY),
+                   io.replace_groups(spark, result.steps, COHORT_STEPS, root,
+                                     touched.withColumn("cohort", F.lit(spec.name)), ("cohort", "person_key"))]
+    table = attrition(spark, spec, io.read(spark, COHORT_STEPS, root).where(mine), as_of)
+    written.append(io.replace_where(spark, table, COHORT_ATTRITION, root, mine))
+    return table, written
 
 
-def build(spark: SparkSession, settings: Settings) -> list[Written]:
+def build(spark: SparkSession, settings: Settings, previous: dict[str, int] | None = None,
+          full: bool = False) -> BuildResult:
+    """Incremental from `previous` (the input versions of the last successful build) when possible."""
+    current = {w.table: w.version for w in build_inputs(spark, settings)}
+    missing = [ref.qualified for ref in outputs(settings) if not io.exists(spark, ref, settings.root)]
+    reason = ("asked for" if full else "no previous build with this configuration" if previous is None
+              else f"{missing[0]} does not exist" if missing else "")
+    changes = None if reason else silver_changes(spark, settings, previous, current)
+    if changes is None and not reason:
+        reason = "the change data feed does not cover every silver change since the last build"
+    return build_full(spark, settings, reason) if changes is None else build_increment(spark, settings, changes)
+
+
+def build_full(spark: SparkSession, settings: Settings, reason: str) -> BuildResult:
     root = settings.root
     silver = silver_tables(spark, settings)
-    written = [write_timeline(spark, settings, silver)]
-    timeline_version = written[0].version
-    timeline = io.read(spark, TIMELINE, root, version=timeline_version)
-    default_as_of = as_of_day(settings, timeline)
+    result = BuildResult(mode="full", reason=reason)
+    result.written.append(write_timeline(spark, settings, silver))
+    timeline = io.read(spark, TIMELINE, root, version=result.written[0].version)
     encounters, persons = silver[ENCOUNTER.name], silver[PERSON.name]
-    written.append(io.overwrite(spark, patient_summary(timeline, encounters, persons, settings.main.gold),
-                                PATIENT_SUMMARY, root))
-    registries = {}
+    result.written.append(io.overwrite(spark, patient_summary(timeline, encounters, persons, settings.main.gold),
+                                       PATIENT_SUMMARY, root))
     for spec in settings.cohorts.values():
-        _, cohort_written = run_cohort(spark, settings, spec, timeline, silver)
-        written.extend(cohort_written)
-        if spec.registry:
-            registries[spec.name] = io.read(spark, cohort_table(spec.name), root)
-    written.append(io.overwrite(spark, inpatient_daily(spark, encounters, settings.beds, default_as_of),
-                                INDICATOR_INPATIENT_DAILY, root))
+        result.written.extend(run_cohort(spark, settings, spec, timeline, silver)[1])
+    as_of = as_of_day(settings, timeline)
+    result.written.append(io.overwrite(spark, inpatient_daily(spark, encounters, settings.beds, as_of),
+                                       INDICATOR_INPATIENT_DAILY, root))
+    result.written.extend(_registry_and_features(spark, settings, silver, result.written[0].version))
+    return result
+
+
+def build_increment(spark: SparkSession, settings: Settings, changes: Changes) -> BuildResult:
+    root, touched = settings.root, changes.persons
+    silver = silver_tables(spark, settings)
+    result = BuildResult(mode="increment", persons=touched.count())
+    mine = {name: df.join(touched, "person_key", "left_semi") for name, df in silver.items()}
+    result.written.append(io.replace_groups(spark, timeline_events(mine), TIMELINE, root, touched, PERSON_KEY))
+    timeline = io.read(spark, TIMELINE, root, version=result.written[0].version)
+    summary = patient_summary(timeline.join(touched, "person_key", "left_semi"), mine[ENCOUNTER.name],
+                              mine[PERSON.name], settings.main.gold)
+    result.written.append(io.replace_groups(spark, summary, PATIENT_SUMMARY, root, touched, PERSON_KEY))
+    default_as_of = as_of_day(settings, timeline)
+    for spec in settings.cohorts.values():
+        as_of = spec.as_of or default_as_of
+        same_day = _previous_as_of(spark, COHORT_ATTRITION, root, f"cohort = '{spec.name}'") == as_of
+        result.written.extend(run_cohort(spark, settings, spec, timeline, silver, as_of,
+                                         touched if same_day else None)[1])
+    encounters = silver[ENCOUNTER.name]
+    if _previous_as_of(spark, INDICATOR_INPATIENT_DAILY, root) == default_as_of:
+        days = touched_days(changes.stays, default_as_of).localCheckpoint()
+        result.days = days.count()
+        rows = inpatient_daily(spark, encounters, settings.beds, default_as_of).join(days, "day", "left_semi")
+        result.written.append(io.replace_groups(spark, rows, INDICATOR_INPATIENT_DAILY, root, days, ("day",)))
+    else:
+        result.written.append(io.overwrite(spark, inpatient_daily(spark, encounters, settings.beds, default_as_of),
+                                           INDICATOR_INPATIENT_DAILY, root))
+    result.written.extend(_registry_and_features(spark, settings, silver, result.written[0].version))
+    return result
+
+
+def _registry_and_features(spark: SparkSession, settings: Settings, silver: dict[str, DataFrame],
+                           timeline_version: int) -> list[Written]:
+    """Registry sizes from the cohort tables; each task's features from the timeline (both in full)."""
+    root, written = settings.root, []
+    registries = {name: io.read(spark, cohort_table(name), root)
+                  for name, spec in settings.cohorts.items() if spec.registry}
     sizes = registry_sizes(registries)
     if sizes is not None:
         written.append(io.overwrite(spark, sizes, INDICATOR_REGISTRY, root))
+    timeline = io.read(spark, TIMELINE, root, version=timeline_version)
     for task in settings.tasks.values():
-        features = build_features(encounters, persons, timeline, task, timeline_version)
+        features = build_features(silver[ENCOUNTER.name], silver[PERSON.name], timeline, task, timeline_version)
         written.append(io.overwrite(spark, features, features_table(task.name, task.features), root))
     return written

@@ -25,8 +25,8 @@ INDEX_KEY = "index_id"
 
 @dataclass
 class CohortResult:
-    members: DataFrame
-    attrition: DataFrame
+    members: DataFrame  # gold.cohort_<name>
+    steps: DataFrame  # gold.cohort_steps rows of this cohort (the attrition is their sum)
 
 
 def as_of_time(as_of: dt.date) -> Column:
@@ -137,9 +137,16 @@ def steps(spec: CohortSpec) -> list[tuple[str, str, Column]]:
     return out
 
 
-def evaluate(spark: SparkSession, spec: CohortSpec, timeline: DataFrame, encounters: DataFrame,
-             persons: DataFrame, as_of: dt.date) -> CohortResult:
-    events = timeline.where(F.col("time") < as_of_time(as_of))
+def evaluate(spec: CohortSpec, timeline: DataFrame, encounters: DataFrame, persons: DataFrame,
+             as_of: dt.date) -> CohortResult:
+    """Members and per-person attrition steps; each person's result depends on their own events only.
+
+    The timeline is scanned once: the events of every code the definition names are kept on the executors
+    (a small share of the timeline) for the index, the criteria and the series.
+    """
+    codes = sorted({*spec.index.codes, *(c for crit in (*spec.inclusion, *spec.exclusion, *spec.flags)
+                                         for c in crit.codes), *(c for s in spec.series.values() for c in s.codes)})
+    events = timeline.where((F.col("time") < as_of_time(as_of)) & codes_match(codes)).localCheckpoint()
     index = index_events(spec, events, encounters, persons, as_of)
     index = with_criteria(index, events, [*spec.inclusion, *spec.exclusion, *spec.flags], as_of)
     attrition_steps = steps(spec)
@@ -157,7 +164,20 @@ def evaluate(spark: SparkSession, spec: CohortSpec, timeline: DataFrame, encount
         F.filter(F.array(*flags), lambda f: f.isNotNull()).cast("array<string>").alias("flags") if flags
         else F.array().cast("array<string>").alias("flags"),
         "series", F.lit(as_of).alias("as_of"))
-    return CohortResult(members, attrition(spark, spec, index, qualified, attrition_steps, as_of))
+    passed = [F.sum(F.when(cond, 1).otherwise(0)).cast("bigint") for _, _, cond in attrition_steps]
+    per_person = index.groupBy("person_key").agg(F.array(*passed).alias("passed"))
+    if spec.index.select != "all":  # the selection keeps one index event of each person still in
+        per_person = per_person.withColumn(
+            "passed", F.concat("passed", F.array(F.least(F.element_at("passed", -1), F.lit(1)).cast("bigint"))))
+    person_steps = per_person.select(F.lit(spec.name).alias("cohort"), "person_key", "passed")
+    return CohortResult(members, person_steps)
+
+
+def step_names(spec: CohortSpec) -> list[tuple[str, str]]:
+    names = [(name, kind) for name, kind, _ in steps(spec)]
+    if spec.index.select != "all":
+        names.append((f"{spec.index.select} per person", "select"))
+    return names
 
 
 def with_series(members: DataFrame, events: DataFrame, spec: CohortSpec, as_of: dt.date) -> DataFrame:
@@ -179,18 +199,14 @@ def with_series(members: DataFrame, events: DataFrame, spec: CohortSpec, as_of: 
     return members.withColumn("series", series_map)
 
 
-def attrition(spark: SparkSession, spec: CohortSpec, index: DataFrame, qualified: DataFrame,
-              attrition_steps: list[tuple[str, str, Column]], as_of: dt.date) -> DataFrame:
-    """Persons and index events left after each step (one small aggregate row, then one row per step)."""
-    counts = index.agg(*[F.countDistinct(F.when(cond, F.col("person_key"))).alias(f"p{i}")
-                         for i, (_, _, cond) in enumerate(attrition_steps)],
-                       *[F.count(F.when(cond, 1)).alias(f"e{i}") for i, (_, _, cond) in enumerate(attrition_steps)]
-                       ).first()
-    rows = [(spec.name, i, name, kind, counts[f"p{i}"], counts[f"e{i}"])
-            for i, (name, kind, _) in enumerate(attrition_steps)]
-    if spec.index.select != "all":
-        selected = qualified.agg(F.countDistinct("person_key"), F.count(F.lit(1))).first()
-        rows.append((spec.name, len(rows), f"{spec.index.select} per person", "select", selected[0], selected[1]))
+def attrition(spark: SparkSession, spec: CohortSpec, person_steps: DataFrame, as_of: dt.date) -> DataFrame:
+    """Persons and index events left after each step, summed from gold.cohort_steps (one small row)."""
+    names = step_names(spec)
+    counts = person_steps.agg(
+        *[F.count(F.when(F.element_at("passed", i + 1) > 0, 1)).alias(f"p{i}") for i in range(len(names))],
+        *[F.coalesce(F.sum(F.element_at("passed", i + 1)), F.lit(0)).alias(f"e{i}") for i in range(len(names))],
+    ).first()
+    rows = [(spec.name, i, name, kind, counts[f"p{i}"], counts[f"e{i}"]) for i, (name, kind) in enumerate(names)]
     schema = "cohort STRING, step INT, criterion STRING, kind STRING, persons BIGINT, index_events BIGINT"
     return (spark.createDataFrame(rows, schema)
             .withColumn("as_of", F.lit(as_of)).withColumn("built_at", F.current_timestamp())

@@ -83,7 +83,17 @@ def inpatient_daily(spark: SparkSession, encounters: DataFrame, beds: Beds, as_o
             .withColumn("follow_up_complete", F.date_add("day", READMISSION_DAYS + 1) <= F.lit(as_of))
             .withColumn("inhospital_mortality",
                         F.when(F.col("discharges") > 0, F.col("deaths") / F.col("discharges")))
+            .withColumn("as_of", F.lit(as_of))
             .select(*INDICATOR_INPATIENT_DAILY.columns))
+
+
+def touched_days(changed_stays: DataFrame, as_of: dt.date) -> DataFrame:
+    """The days whose indicators a changed stay (either image of it) can move: its stay from admission to
+    discharge (or the as-of day), and the 30 days before its admission (discharges it may be a readmission of)."""
+    first = F.date_sub(F.to_date("admit_time"), READMISSION_DAYS + 1)
+    last = F.least(F.to_date(F.coalesce(F.col("discharge_time"), as_of_time(as_of))), F.lit(as_of))
+    return (changed_stays.where(F.col("admit_time").isNotNull() & (last >= first))
+            .select(F.explode(F.sequence(first, last)).alias("day")).distinct())
 
 
 def registry_sizes(members: dict[str, DataFrame]) -> DataFrame | None:

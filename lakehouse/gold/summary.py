@@ -41,7 +41,8 @@ def patient_summary(timeline: DataFrame, encounters: DataFrame, persons: DataFra
                             F.struct("time", "numeric_value", "unit")).alias("latest"))
               .groupBy("person_key")
               .agg(F.map_from_entries(F.collect_list(F.struct("code", "latest"))).alias("latest_labs")))
-    summary = (people.join(visits, "person_key", "left").join(problems, "person_key", "left")
+    # full: a person whose patient record never came (an orphan encounter) still has a summary
+    summary = (people.join(visits, "person_key", "full").join(problems, "person_key", "left")
                .join(latest, "person_key", "left")
                .withColumn("deceased", F.col("death_time").isNotNull())
                .withColumn("hospitals", F.coalesce("hospitals", F.array().cast("array<string>")))

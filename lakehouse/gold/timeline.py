@@ -84,7 +84,8 @@ def _event(df: DataFrame, table: TableRef, key: str, time: Column, code: Column,
 
 def encounter_events(encounters: DataFrame) -> DataFrame:
     inpatient = F.col("encounter_type") == "inpatient"
-    start = F.when(inpatient, F.lit(ADMISSION)).otherwise(F.concat(F.lit(VISIT_PREFIX), F.upper("encounter_type")))
+    kind = F.coalesce(F.upper("encounter_type"), F.lit("UNKNOWN"))
+    start = F.when(inpatient, F.lit(ADMISSION)).otherwise(F.concat(F.lit(VISIT_PREFIX), kind))
     ended = encounters.where(inpatient & F.col("discharge_time").isNotNull())
     return (_event(encounters, ENCOUNTER, "encounter_key", F.col("admit_time"), start, text=F.col("department"))
             .unionByName(_event(ended, ENCOUNTER, "encounter_key", F.col("discharge_time"), F.lit(DISCHARGE),
