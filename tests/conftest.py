@@ -35,11 +35,16 @@ def test_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lakehouse")
 
 
+# a developer's shortcut: a folder where an earlier run built the tiny region (sample/ and root/) is reused
+# instead of building it again (never set in CI: `make test` builds the region)
+REUSE_REGION = os.environ.get("LAKEHOUSE_TEST_REGION")
+
+
 @pytest.fixture(scope="session")
 def settings(test_root):
     from lakehouse.config import load_settings
 
-    return load_settings(CONF, "local", str(test_root / "root"))
+    return load_settings(CONF, "local", str(Path(REUSE_REGION) / "root" if REUSE_REGION else test_root / "root"))
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +74,9 @@ def region(spark, settings, test_root) -> Region:
     from lakehouse import pipeline
     from lakehouse.synth.generator import generate
 
+    if REUSE_REGION:
+        sample = Path(REUSE_REGION) / "sample"
+        return Region(settings, sample / "landing", sample / "truth", None, None)
     generated = generate(test_root / "sample", **TINY_REGION)
     report = pipeline.run_all(spark, settings, str(generated.landing))
     return Region(settings, generated.landing, generated.truth, generated, report)
