@@ -123,6 +123,8 @@ def run_build(spark: SparkSession, settings: Settings, force: bool = False, full
 def run_cohort_job(spark: SparkSession, settings: Settings, name: str, as_of=None):
     """One cohort from the current timeline (the build writes them all); returns its attrition rows."""
     spec = settings.cohort(name)
+    if not io.exists(spark, TIMELINE, settings.root):
+        raise LakehouseError("gold.patient_timeline does not exist yet: run `lakehouse build` first")
     with JobRun(spark, settings, f"cohort:{name}") as run:
         timeline = io.read(spark, TIMELINE, settings.root)
         run.read(io.describe(spark, TIMELINE, settings.root))

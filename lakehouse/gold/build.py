@@ -98,29 +98,28 @@ def silver_changes(spark: SparkSession, settings: Settings, previous: dict[str, 
     """Persons and stays changed between the versions the last build read and now; None when a table's
     change data feed does not cover the range (then only a full build is right)."""
     persons, stays = [], []
-    for ref in INPUTS:
-        start, end = previous.get(ref.qualified), current[ref.qualified]
-        if start is None or end < start:
-            return None
-        if end == start:
-            continue
-        feed = (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", start + 1)
-                .option("endingVersion", end).load(ref.path(settings.root)))
-        persons.append(feed.select("person_key"))
-        if ref is ENCOUNTER:
-            stays.append(feed.select("admit_time", "discharge_time"))
-    if not persons:
-        empty = spark.createDataFrame([], "person_key STRING")
-        return Changes(empty, spark.createDataFrame([], "admit_time TIMESTAMP, discharge_time TIMESTAMP"))
-    touched = persons[0]
-    for frame in persons[1:]:
-        touched = touched.unionByName(frame)
     try:
+        for ref in INPUTS:
+            start, end = previous.get(ref.qualified), current[ref.qualified]
+            if start is None or end < start:
+                return None
+            if end == start:
+                continue
+            feed = (spark.read.format("delta").option("readChangeFeed", "true")
+                    .option("startingVersion", start + 1).option("endingVersion", end).load(ref.path(settings.root)))
+            persons.append(feed.select("person_key"))
+            if ref is ENCOUNTER:
+                stays.append(feed.select("admit_time", "discharge_time"))
+        no_stays = spark.createDataFrame([], "admit_time TIMESTAMP, discharge_time TIMESTAMP")
+        if not persons:
+            return Changes(spark.createDataFrame([], "person_key STRING"), no_stays)
+        touched = persons[0]
+        for frame in persons[1:]:
+            touched = touched.unionByName(frame)
         touched = touched.where(F.col("person_key").isNotNull()).distinct().localCheckpoint()
     except AnalysisException:  # change data was not recorded for part of the range
         return None
-    return Changes(touched, stays[0] if stays else
-                   spark.createDataFrame([], "admit_time TIMESTAMP, discharge_time TIMESTAMP"))
+    return Changes(touched, stays[0] if stays else no_stays)
 
 
 def write_timeline(spark: SparkSession, settings: Settings, silver: dict[str, DataFrame]) -> Written:
