@@ -53,7 +53,9 @@ class BuildResult:
     def summary(self) -> str:
         if self.mode == "full":
             return f"full build ({self.reason})"
-        return f"increment: {self.persons} persons and {self.days} indicator days rebuilt"
+        days = (f"{self.days} indicator days" if self.days is not None
+                else "indicators in full (the as-of day moved)")
+        return f"increment: {self.persons} persons and {days} rebuilt"
 
 
 @dataclass
