@@ -302,6 +302,13 @@ def _check_codes(codes: list[str]) -> list[str]:
     return codes
 
 
+def _not_before(low, high, what: str, verb: str):
+    """`high`, unless `low` is above it (an impossible window or range)."""
+    if high is not None and low is not None and low > high:
+        raise ValueError(f"impossible {what}: {verb}")
+    return high
+
+
 class Window(Strict):
     """Days relative to the anchor (the index event, or the as-of day), both ends inclusive; null is unbounded."""
 
@@ -313,9 +320,7 @@ class Window(Strict):
     @classmethod
     def _possible(cls, value: int | None, info) -> int | None:
         start = info.data.get("start_days")
-        if value is not None and start is not None and start > value:
-            raise ValueError(f"impossible window: start_days {start} is after end_days {value}")
-        return value
+        return _not_before(start, value, "window", f"start_days {start} is after end_days {value}")
 
 
 class Range(Strict):
@@ -326,9 +331,7 @@ class Range(Strict):
     @classmethod
     def _ordered(cls, value: float | None, info) -> float | None:
         low = info.data.get("min")
-        if value is not None and low is not None and low > value:
-            raise ValueError(f"impossible range: min {low} is above max {value}")
-        return value
+        return _not_before(low, value, "range", f"min {low} is above max {value}")
 
 
 class Criterion(Strict):
