@@ -112,7 +112,7 @@ def run_link(spark: SparkSession, settings: Settings, force: bool = False) -> Jo
 def run_build(spark: SparkSession, settings: Settings, force: bool = False, full: bool = False) -> JobRun:
     """Gold from silver: an increment for the persons and days silver changed since the last build."""
     def work(run: JobRun) -> list[Written]:
-        result = build(spark, settings, run.previous_inputs(), full)
+        result = build(spark, settings, run.previous_inputs(), full, run.inputs)
         run.note(result.summary())
         return result.written
 

@@ -124,9 +124,8 @@ def silver_changes(spark: SparkSession, settings: Settings, previous: dict[str, 
     return Changes(touched, stays[0] if stays else no_stays)
 
 
-def write_timeline(spark: SparkSession, settings: Settings, silver: dict[str, DataFrame]) -> Written:
-    """Overwrite the timeline in person_key ranges sized from the silver row counts (answered by Delta stats)."""
-    rows = sum(io.describe(spark, ref, settings.root).rows for ref in INPUTS)
+def write_timeline(spark: SparkSession, settings: Settings, silver: dict[str, DataFrame], rows: int) -> Written:
+    """Overwrite the timeline in person_key ranges sized from `rows`, the silver tables' row count."""
     files = file_count(rows, settings.main.gold.timeline_rows_per_file)
     return io.overwrite(spark, laid_out(timeline_events(silver), files), TIMELINE, settings.root)
 
@@ -165,30 +164,36 @@ def run_cohort(spark: SparkSession, settings: Settings, spec: CohortSpec, timeli
 
 
 def build(spark: SparkSession, settings: Settings, previous: dict[str, int] | None = None,
-          full: bool = False) -> BuildResult:
-    """Incremental from `previous` (the input versions of the last successful build) when possible."""
-    current = {w.table: w.version for w in build_inputs(spark, settings)}
+          full: bool = False, inputs: list[Written] | None = None) -> BuildResult:
+    """Incremental from `previous` (the input versions of the last successful build) when possible;
+    `inputs`: the silver tables as the job run already described them (else described here)."""
+    inputs = inputs or build_inputs(spark, settings)
+    current = {w.table: w.version for w in inputs}
     missing = [ref.qualified for ref in outputs(settings) if not io.exists(spark, ref, settings.root)]
     reason = ("asked for" if full else "no previous build with this configuration" if previous is None
               else f"{missing[0]} does not exist" if missing else "")
     changes = None if reason else silver_changes(spark, settings, previous, current)
     if changes is None and not reason:
         reason = "the change data feed does not cover every silver change since the last build"
-    return build_full(spark, settings, reason) if changes is None else build_increment(spark, settings, changes)
+    if changes is None:
+        return build_full(spark, settings, reason, sum(w.rows for w in inputs))
+    return build_increment(spark, settings, changes)
 
 
-def build_full(spark: SparkSession, settings: Settings, reason: str) -> BuildResult:
+def build_full(spark: SparkSession, settings: Settings, reason: str, rows: int | None = None) -> BuildResult:
+    """Everything from silver; `rows` (silver's row count, sizing the timeline's files) is counted if not given."""
     root = settings.root
     silver = silver_tables(spark, settings)
     result = BuildResult(mode="full", reason=reason)
-    result.written.append(write_timeline(spark, settings, silver))
+    rows = rows if rows is not None else sum(w.rows for w in build_inputs(spark, settings))
+    result.written.append(write_timeline(spark, settings, silver, rows))
     timeline = io.read(spark, TIMELINE, root, version=result.written[0].version)
     encounters, persons = silver[ENCOUNTER.name], silver[PERSON.name]
     result.written.append(io.overwrite(spark, patient_summary(timeline, encounters, persons, settings.main.gold),
                                        PATIENT_SUMMARY, root))
+    as_of = as_of_day(settings, timeline)  # one scan for the data's end, shared by cohorts and indicators
     for spec in settings.cohorts.values():
-        result.written.extend(run_cohort(spark, settings, spec, timeline, silver)[1])
-    as_of = as_of_day(settings, timeline)
+        result.written.extend(run_cohort(spark, settings, spec, timeline, silver, spec.as_of or as_of)[1])
     result.written.append(io.overwrite(spark, inpatient_daily(spark, encounters, settings.beds, as_of),
                                        INDICATOR_INPATIENT_DAILY, root))
     result.written.extend(_registry_and_features(spark, settings, silver, result.written[0].version))

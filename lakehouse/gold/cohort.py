@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from lakehouse.catalog import COHORT_ATTRITION, cohort_table
 from lakehouse.config import CohortSpec, Criterion, Range
 from lakehouse.config import Window as DayWindow
+from lakehouse.gold.timeline import person_attributes
 
 INDEX_KEY = "index_id"
 
@@ -113,8 +114,7 @@ def with_criteria(index: DataFrame, events: DataFrame, criteria: list[Criterion]
 
 def index_events(spec: CohortSpec, events: DataFrame, encounters: DataFrame, persons: DataFrame,
                  as_of: dt.date) -> DataFrame:
-    people = (persons.where(F.col("person_key").isNotNull()).groupBy("person_key")
-              .agg(F.min("birth_year").alias("birth_year"), F.mode("sex", deterministic=True).alias("sex")))
+    people = person_attributes(persons)
     return (events.where(codes_match(spec.index.codes) & in_window(spec.index.window, "time", "time", as_of))
             .select("person_key", F.col("time").alias("index_time"), "encounter_key", "hospital_id")
             .dropDuplicates(["person_key", "index_time", "encounter_key"])

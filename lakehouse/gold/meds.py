@@ -30,7 +30,7 @@ from lakehouse import io
 from lakehouse.catalog import PERSON, TIMELINE
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError
-from lakehouse.gold.timeline import file_count
+from lakehouse.gold.timeline import file_count, person_attributes
 
 SPLITS = ((meds.train_split, 80), (meds.tuning_split, 10), (meds.held_out_split, 10))  # percent of persons
 SEX_PREFIX = "SEX//"  # a static measurement (time null), first in each subject's rows
@@ -60,8 +60,7 @@ def subject_id(person_key: Column) -> Column:
 
 
 def meds_events(timeline: DataFrame, persons: DataFrame) -> DataFrame:
-    sex = (persons.where(F.col("person_key").isNotNull() & F.col("sex").isNotNull()).groupBy("person_key")
-           .agg(F.mode("sex", deterministic=True).alias("sex"))
+    sex = (person_attributes(persons).where(F.col("sex").isNotNull())
            .select("person_key", F.lit(None).cast("timestamp").alias("time"),
                    F.concat(F.lit(SEX_PREFIX), F.col("sex")).alias("code"),
                    F.lit(None).cast("double").alias("numeric_value"), F.lit(None).cast("string").alias("text_value"),

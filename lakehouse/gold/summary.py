@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.catalog import PATIENT_SUMMARY
 from lakehouse.config import GoldSettings
-from lakehouse.gold.timeline import ICD10_PREFIX, LOINC_PREFIX
+from lakehouse.gold.timeline import ICD10_PREFIX, LOINC_PREFIX, person_attributes
 
 SECONDS_PER_DAY = 86400
 
@@ -18,8 +18,7 @@ def patient_summary(timeline: DataFrame, encounters: DataFrame, persons: DataFra
     The active problem list holds the ICD-10 codes diagnosed within `problem_lookback_days` before the
     person's last event (their own history, not today's date, so a rebuild on another day agrees).
     """
-    people = (persons.where(F.col("person_key").isNotNull()).groupBy("person_key")
-              .agg(F.mode("sex", deterministic=True).alias("sex"), F.min("birth_year").alias("birth_year")))
+    people = person_attributes(persons)
     kind = F.col("encounter_type")
     visits = encounters.where(F.col("person_key").isNotNull()).groupBy("person_key").agg(
         F.array_sort(F.collect_set("hospital_id")).alias("hospitals"),

@@ -110,10 +110,15 @@ def coded_events(df: DataFrame, source: CodedSource) -> DataFrame:
     return _event(df, source.table, source.key, F.col(source.time), code, numeric, text, unit)
 
 
+def person_attributes(persons: DataFrame) -> DataFrame:
+    """One row per person from their hospital records: the most frequent sex, the earliest (top-coded) birth year."""
+    return (persons.where(F.col("person_key").isNotNull()).groupBy("person_key")
+            .agg(F.mode("sex", deterministic=True).alias("sex"), F.min("birth_year").alias("birth_year")))
+
+
 def birth_events(persons: DataFrame) -> DataFrame:
-    """One per person: the earliest (top-coded) birth year any of their records gives, as 1 January."""
-    born = persons.where(F.col("person_key").isNotNull()).groupBy("person_key").agg(
-        F.min("birth_year").alias("birth_year"))
+    """One per person: their birth year (person_attributes) as 1 January."""
+    born = person_attributes(persons)
     return _event(born.where(F.col("birth_year").isNotNull()), PERSON, "person_key",
                   F.make_timestamp(F.col("birth_year"), F.lit(1), F.lit(1), F.lit(0), F.lit(0), F.lit(0)),
                   F.lit(BIRTH), hospital=F.lit(None).cast("string"), encounter=F.lit(None).cast("string"))
