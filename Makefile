@@ -8,19 +8,20 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint bench bench-ingest bench-refine bench-link bench-gold bench-generator clean help
+.PHONY: setup demo test lint bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
 	@echo "make demo   - generate a 5-hospital sample (every dialect) and run bronze -> silver -> gold -> train -> score"
 	@echo "make test   - run the test suite (what CI runs)"
 	@echo "make lint   - ruff"
-	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, then bench-generator"
+	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"
 	@echo "make bench-refine    - silver refine rows/s and a day-2 increment's cost vs a full rebuild, at REFINE_SIZES"
 	@echo "make bench-link      - person linkage quality vs the generator's truth and records/s, at LINK_SIZES"
 	@echo "make bench-gold      - gold full build vs a day-2 increment, timeline lookups, the diabetes cohort, at GOLD_SIZES"
+	@echo "make bench-ml        - both tasks trained at ML_SIZES persons vs the planted ceiling; training on ML_ROWS rows"
 	@echo "make bench-generator - generator throughput at GEN_SIZES persons (default 100000 1000000; ~20 min, 28 GB)"
 	@echo "make clean  - remove var/ (all generated data, Delta tables, MLflow stores)"
 
@@ -52,7 +53,9 @@ INGEST_SIZES ?= 7500 75000
 REFINE_SIZES ?= 7500 30000
 LINK_SIZES ?= 20000 100000
 GOLD_SIZES ?= 4000 12000
-bench: bench-ingest bench-refine bench-link bench-gold bench-generator
+ML_SIZES ?= 6000
+ML_ROWS ?= 1000000
+bench: bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator
 
 bench-ingest: setup
 	$(BIN)/python bench/ingest_scale.py --sizes $(INGEST_SIZES) --workers $$(nproc) --out var/bench/ingest
@@ -65,6 +68,9 @@ bench-link: setup
 
 bench-gold: setup
 	$(BIN)/python bench/gold_scale.py --sizes $(GOLD_SIZES) --workers $$(nproc) --out var/bench/gold
+
+bench-ml: setup
+	$(BIN)/python bench/ml_scale.py --sizes $(ML_SIZES) --replicate-to $(ML_ROWS) --workers $$(nproc) --out var/bench/ml
 
 bench-generator: setup
 	$(BIN)/python bench/generator_scale.py --sizes $(GEN_SIZES) --workers $$(nproc) --out var/bench/gen

@@ -317,17 +317,18 @@ def features_table(task: str, feature_names: list[str] | tuple[str, ...] = ()) -
     return TableRef(
         "gold", f"features_{task}",
         "person_key STRING, encounter_key STRING, hospital_id STRING, index_time TIMESTAMP, "
-        f"{features}label INT, timeline_version BIGINT",
-        keys=("person_key", "index_time"),
-        description=f"leakage-safe features and labels of task {task}, one row per index event",
+        f"{features}label INT, source_versions MAP<STRING, BIGINT>",
+        keys=("person_key", "encounter_key", "index_time"),
+        description=f"leakage-safe features and labels of task {task}, one row per index event (label null "
+                    f"while its outcome window is open)",
     )
 
 
 def predictions_table(task: str) -> TableRef:
     return TableRef(
         "gold", f"predictions_{task}",
-        "person_key STRING, index_time TIMESTAMP, hospital_id STRING, probability DOUBLE, "
+        "person_key STRING, encounter_key STRING, index_time TIMESTAMP, hospital_id STRING, probability DOUBLE, "
         "model_name STRING, model_version STRING, run_id STRING, scored_at TIMESTAMP",
-        keys=("person_key", "index_time", "model_name", "model_version"),
+        keys=("person_key", "encounter_key", "index_time", "model_name", "model_version"),
         description=f"risk scores of task {task} with the model version that made them",
     )

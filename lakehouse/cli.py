@@ -16,6 +16,7 @@ from lakehouse import io, pipeline, secrets
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.ml import tracking
+from lakehouse.ml.train import PRIMARY_METRIC
 
 DESCRIPTION = """A regional clinical data lakehouse.
 
@@ -274,7 +275,7 @@ def render_report(report: pipeline.PipelineReport, settings: Settings) -> str:
         lines.append(f"     {name:<36} rows={written.rows:<10} delta_version={written.version}")
     for model in report.models:
         lines.append(f"   trained: {model.model_name} v{model.version} (mlflow run {model.run_id}); "
-                     f"test AUROC {model.metrics['test_auroc']:.3f}; {model.decision}")
+                     f"external AUROC {model.metrics[PRIMARY_METRIC]:.3f}; {model.decision}")
     if not report.models:
         lines.append("   trained: nothing (features unchanged since the last training; --force retrains)")
     for name, version in sorted(report.champions.items()):

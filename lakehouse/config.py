@@ -5,6 +5,7 @@ Layout (all YAML):
     conf/<env>/lakehouse.yaml     environment overlay (local, cluster), merged key by key
     conf/sources/<hospital>.yaml  one source contract per hospital
     conf/tasks/<task>.yaml        prediction tasks
+    conf/features.yaml            what each feature set of a task computes
     conf/dq/<table>.yaml          data-quality rules of one silver table
     conf/linkage.yaml             the regional person index: blocking, evidence weights, threshold
     conf/cohorts/<cohort>.yaml    cohort definitions (gold.cohort_<name>)
@@ -177,29 +178,6 @@ class SourceContract(Strict):
                                         description="share of a run's rows read that may be quarantined; "
                                                     "more fails the ingest run (after landing everything)")
     entities: dict[Entity, EntitySource]
-
-
-# --- prediction tasks ---------------------------------------------------------------------------
-
-class ModelSpec(Strict):
-    type: Literal["logistic_regression"] = "logistic_regression"
-    reg_param: float = Field(0.01, ge=0)
-    elastic_net_param: float = Field(0.0, ge=0, le=1)
-    max_iter: PositiveInt = 100
-
-
-class TaskSpec(Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    description: str
-    model_name: str
-    index_event: Literal["inpatient_discharge"]
-    outcome_event: Literal["inpatient_admission"]
-    outcome_window_days: PositiveInt
-    lookback_days: PositiveInt
-    features: list[str] = Field(min_length=1)
-    model: ModelSpec = ModelSpec()
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    promotion_margin: float = Field(0.0, ge=0)
 
 
 # --- data-quality rules -------------------------------------------------------------------------
@@ -440,6 +418,145 @@ class Beds(Strict):
         return self.hospitals.get(hospital, {}).get(department, self.default)
 
 
+# --- prediction tasks ---------------------------------------------------------------------------
+
+FEATURE_SETS = ("demographics", "stay", "labs", "vitals", "comorbidities", "utilisation")
+STATS = ("count", "last", "min", "max", "mean", "slope")
+NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class MeasurementSet(Strict):
+    """Labs or vital signs: each name's code, and the statistics taken per look-back window."""
+
+    codes: dict[str, str] = Field(min_length=1)
+    stats: list[Literal[STATS]] = Field(min_length=1)  # type: ignore[valid-type]
+
+    @field_validator("codes")
+    @classmethod
+    def _coded(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_codes(list(value.values()))
+        for name in value:
+            if not re.match(NAME, name):
+                raise ValueError(f"measurement name {name!r} must match {NAME}")
+        return value
+
+
+class FeatureCatalog(Strict):
+    """conf/features.yaml: what each feature set computes from the timeline (features are data)."""
+
+    labs: MeasurementSet
+    vitals: MeasurementSet
+    comorbidities: dict[str, list[str]] = Field(min_length=1, description="flag name -> code prefixes")
+    utilisation: dict[str, list[str]] = Field(min_length=1, description="count name -> codes")
+    max_age: PositiveInt = Field(90, description="ages above are top-coded (de-identification)")
+
+    @field_validator("comorbidities", "utilisation")
+    @classmethod
+    def _coded(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, codes in value.items():
+            if not re.match(NAME, name) or not codes:
+                raise ValueError(f"{name!r}: a name matching {NAME} with at least one code")
+            _check_codes(codes)
+        return value
+
+
+class LookbackWindow(Strict):
+    """History in [index - hours, index + end_hours): end_hours is 0 (the index itself is never seen)."""
+
+    name: str = Field(pattern=r"^[0-9a-z_]+$")
+    hours: PositiveInt
+    end_hours: int = Field(0, le=0, description="a window may end before the index, never after it")
+
+
+class TaskIndex(Strict):
+    """The prediction moment: an inpatient stay's admission or discharge, plus offset_hours."""
+
+    event: Literal["inpatient_admission", "inpatient_discharge"]
+    offset_hours: int = Field(0, ge=0)
+
+
+class TaskOutcome(Strict):
+    """`admission`: an inpatient admission in (index, index + window_days]; `death_in_stay`: the index stay
+    ends in death after the index."""
+
+    kind: Literal["admission", "death_in_stay"]
+    window_days: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> TaskOutcome:
+        if self.kind == "admission" and self.window_days is None:
+            raise ValueError("an admission outcome needs window_days")
+        if self.kind == "death_in_stay" and self.window_days is not None:
+            raise ValueError("death_in_stay lasts until the index stay ends: drop window_days")
+        return self
+
+
+class Eligibility(Strict):
+    age: Range | None = None
+    cohort: str | None = Field(None, description="only persons who joined this cohort before the index time")
+
+
+class ModelSpec(Strict):
+    """One learner; the logistic regression is the baseline every task reports."""
+
+    type: Literal["logistic_regression", "gbt"]
+    reg_param: float = Field(0.01, ge=0)
+    elastic_net_param: float = Field(0.0, ge=0, le=1)
+    max_iter: PositiveInt = 100
+    max_depth: PositiveInt = Field(4, le=12)
+    step_size: float = Field(0.1, gt=0, le=1)
+    subsampling_rate: float = Field(1.0, gt=0, le=1)
+    min_instances_per_node: PositiveInt = 20
+
+
+class Promotion(Strict):
+    """The challenger becomes champion when its pooled external AUROC beats the champion's by `margin` and
+    its expected calibration error is at most `max_ece_increase` worse."""
+
+    margin: float = Field(0.0, ge=0)
+    max_ece_increase: float = Field(0.01, ge=0)
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=NAME)
+    description: str
+    model_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    eligibility: Eligibility = Eligibility()
+    index: TaskIndex
+    outcome: TaskOutcome
+    exclusions: list[Literal["died_before_index", "discharged_before_index"]] = Field(default_factory=list)
+    lookback: list[LookbackWindow] = Field(min_length=1)
+    feature_sets: list[Literal[FEATURE_SETS]] = Field(min_length=1)  # type: ignore[valid-type]
+    models: list[ModelSpec] = Field(min_length=1)
+    validation: Literal["leave_one_hospital_out", "person_split"] = "leave_one_hospital_out"
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out persons under person_split")
+    promotion: Promotion = Promotion()
+    features: tuple[str, ...] = Field((), description="resolved by the loader from feature_sets; not written")
+
+    @field_validator("features")
+    @classmethod
+    def _derived(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value:
+            raise ValueError("features are derived from feature_sets and conf/features.yaml; do not list them")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _baseline_first(cls, value: list[ModelSpec]) -> list[ModelSpec]:
+        if value[0].type != "logistic_regression":
+            raise ValueError("the first model is the baseline and must be a logistic_regression")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.index.event == "inpatient_discharge" and "discharged_before_index" in self.exclusions:
+            raise ValueError("discharged_before_index excludes every stay indexed at its discharge")
+        names = [w.name for w in self.lookback]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lookback window names repeat: {names}")
+        return self
+
+
 # --- the whole configuration --------------------------------------------------------------------
 
 class Settings(BaseModel):
@@ -457,6 +574,7 @@ class Settings(BaseModel):
     linkage: Linkage | None = None
     cohorts: dict[str, CohortSpec] = {}
     beds: Beds | None = None
+    features: FeatureCatalog | None = None
     config_hash: str
 
     @property
@@ -512,12 +630,13 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
             raise ConfigError(file, "hospital_id", f"{contract.hospital_id} is declared twice")
         by_hospital[contract.hospital_id] = contract
         _check_columns(file, contract)
-    tasks = {spec.name: spec for spec in _load_dir(conf_dir / "tasks", TaskSpec).values()}
-    _check_task_features(conf_dir / "tasks", tasks)
     dq = _load_dq(conf_dir / "dq")
     linkage_file = conf_dir / "linkage.yaml"
     linkage = _validate(Linkage, _read_yaml(linkage_file), {}, str(linkage_file))
     cohorts = _load_cohorts(conf_dir / "cohorts")
+    features_file = conf_dir / "features.yaml"
+    catalog = _validate(FeatureCatalog, _read_yaml(features_file), {}, str(features_file))
+    tasks = _load_tasks(conf_dir / "tasks", catalog, cohorts)
     beds_file = conf_dir / "beds.yaml"
     beds = _validate(Beds, _read_yaml(beds_file), {}, str(beds_file))
     for hospital in beds.hospitals:
@@ -530,7 +649,7 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),
              "cohorts": {k: v.model_dump(mode="json") for k, v in cohorts.items()},
-             "beds": beds.model_dump(),
+             "beds": beds.model_dump(), "features": catalog.model_dump(),
              "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
                        if f.is_file()}},
             sort_keys=True,
@@ -538,7 +657,7 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     ).hexdigest()[:16]
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
                         tasks=tasks, dq=dq, linkage=linkage, cohorts=cohorts, beds=beds,
-                        config_hash=digest)
+                        features=catalog, config_hash=digest)
     return settings.model_copy(update={"root": settings.path(chosen_root)})
 
 
@@ -650,14 +769,19 @@ def _check_columns(file: str, contract: SourceContract) -> None:
                               f"share files (their records are routed by resourceType)")
 
 
-def _check_task_features(folder: Path, tasks: dict[str, TaskSpec]) -> None:
-    from lakehouse.gold.features import FEATURES
+def _load_tasks(folder: Path, catalog: FeatureCatalog, cohorts: dict[str, CohortSpec]) -> dict[str, TaskSpec]:
+    """Each task with its feature names resolved from its feature sets and the catalog."""
+    from lakehouse.gold.features import feature_names
 
-    for spec in tasks.values():
-        for i, name in enumerate(spec.features):
-            if name not in FEATURES:
-                raise ConfigError(str(folder / f"{spec.name}.yaml"), f"features.{i}",
-                                  f"unknown feature {name!r}; known: {sorted(FEATURES)}")
+    tasks: dict[str, TaskSpec] = {}
+    for file, spec in _load_dir(folder, TaskSpec).items():
+        if spec.name in tasks:
+            raise ConfigError(file, "name", f"task {spec.name!r} is defined twice")
+        cohort = spec.eligibility.cohort
+        if cohort is not None and cohort not in cohorts:
+            raise ConfigError(file, "eligibility.cohort", f"no such cohort {cohort!r}; known: {sorted(cohorts)}")
+        tasks[spec.name] = spec.model_copy(update={"features": tuple(feature_names(spec, catalog))})
+    return tasks
 
 
 def _load_cohorts(folder: Path) -> dict[str, CohortSpec]:

@@ -18,7 +18,7 @@ from lakehouse.gold.build import outputs as build_outputs
 from lakehouse.gold.meds import MedsExport, export_meds
 from lakehouse.io import Written
 from lakehouse.ml.score import score, score_inputs
-from lakehouse.ml.train import TrainResult, current, train, train_inputs
+from lakehouse.ml.train import PRIMARY_METRIC, TrainResult, current, train, train_inputs
 from lakehouse.runlog import JobRun
 from lakehouse.silver.link import OUTPUTS as LINK_OUTPUTS
 from lakehouse.silver.link import link, link_inputs
@@ -157,7 +157,7 @@ def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
                 continue
             result = train(spark, settings, spec, source)
             run.note(f"mlflow run {result.run_id}; {result.model_name} v{result.version}; "
-                     f"test_auroc={result.metrics['test_auroc']:.3f}; {result.decision}")
+                     f"{PRIMARY_METRIC}={result.metrics[PRIMARY_METRIC]:.3f}; {result.decision}")
         results.append(result)
     return results
 

@@ -35,7 +35,14 @@ def test_shipped_configuration_loads_with_typed_values():
     assert settings.sources["H05"].entities["vital_sign"].match == {"$.category[0].coding[0].code": "vital-signs"}
     assert settings.sources["H04"].entities["encounter"].timestamp_format == "epoch_ms"
     assert settings.sources["H02"].entities["patient"].encoding == "GB18030"
-    assert settings.tasks["readmission_30d"].outcome_window_days == 30
+    readmission, mortality = settings.tasks["readmission_30d"], settings.tasks["inhospital_mortality"]
+    assert readmission.outcome.window_days == 30 and readmission.index.event == "inpatient_discharge"
+    assert mortality.index.offset_hours == 24 and mortality.outcome.kind == "death_in_stay"
+    assert [m.type for m in readmission.models] == ["logistic_regression", "gbt"]
+    # feature names are derived from the feature sets and conf/features.yaml, in table order
+    assert readmission.features[:4] == ("age", "sex_male", "stay_hours", "labs_glucose_count_30d")
+    assert "vitals_spo2_min_24h" in mortality.features and "stay_hours" not in mortality.features
+    assert "comorbidity_heart_failure" in mortality.features and "utilisation_admissions_365d" in mortality.features
     assert settings.root == "/tmp/x"
 
 
@@ -61,7 +68,17 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
          "entities.patient.columns", "missing mapping"),
         ("sources/h02.yaml", lambda d: d["entities"]["lab_result"]["columns"].update(colour="颜色"),
          "entities.lab_result.columns.colour", "not a bronze column"),
-        ("tasks/readmission_30d.yaml", lambda d: d["features"].append("shoe_size"), "features.10", "unknown feature"),
+        ("tasks/readmission_30d.yaml", lambda d: d["feature_sets"].append("shoe_size"), "feature_sets.6",
+         "Input should be"),
+        ("tasks/readmission_30d.yaml", lambda d: d["lookback"][0].update(end_hours=24), "lookback.0.end_hours",
+         "less than or equal to 0"),
+        ("tasks/readmission_30d.yaml", lambda d: d.update(features=["age"]), "features", "derived from feature_sets"),
+        ("tasks/readmission_30d.yaml", lambda d: d["models"].reverse(), "models", "must be a logistic_regression"),
+        ("tasks/inhospital_mortality.yaml", lambda d: d["outcome"].update(window_days=3), "outcome",
+         "drop window_days"),
+        ("tasks/readmission_30d.yaml", lambda d: d["eligibility"].update(cohort="nobody"), "eligibility.cohort",
+         "no such cohort"),
+        ("features.yaml", lambda d: d["labs"]["codes"].update(urea="UREA-1"), "labs.codes", "no code system"),
         ("sources/h04.yaml", lambda d: d["entities"]["lab_result"]["columns"].update(value="OBX5"),
          "entities.lab_result.columns.value", "not an HL7 field reference"),
         ("sources/h04.yaml", lambda d: d["entities"]["lab_result"].update(encoding="GB18030"),

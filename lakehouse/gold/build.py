@@ -239,7 +239,14 @@ def _registry_and_features(spark: SparkSession, settings: Settings, silver: dict
     if sizes is not None:
         written.append(io.overwrite(spark, sizes, INDICATOR_REGISTRY, root))
     timeline = io.read(spark, TIMELINE, root, version=timeline_version)
+    if settings.tasks:
+        end = data_end(timeline)
+        versions = {TIMELINE.qualified: timeline_version,
+                    **{ref.qualified: io.latest_version(spark, ref, root) for ref in (ENCOUNTER, PERSON)}}
     for task in settings.tasks.values():
-        features = build_features(silver[ENCOUNTER.name], silver[PERSON.name], timeline, task, timeline_version)
+        cohort = task.eligibility.cohort
+        members = io.read(spark, cohort_table(cohort), root) if cohort else None
+        features = build_features(task, settings.features, silver[ENCOUNTER.name], silver[PERSON.name], timeline,
+                                  versions, end, members)
         written.append(io.overwrite(spark, features, features_table(task.name, task.features), root))
     return written

@@ -31,8 +31,8 @@ def score(spark: SparkSession, settings: Settings, task: TaskSpec, alias: str = 
     ref = features_table(task.name, task.features)
     source = io.describe(spark, ref, settings.root)
     features = io.read(spark, ref, settings.root, version=source.version)
-    predictions = features.select(
-        "person_key", "index_time", "hospital_id",
+    predictions = features.select(  # every eligible index event, its outcome window open or closed
+        "person_key", "encounter_key", "index_time", "hospital_id",
         predict(F.struct(*[F.col(c) for c in task.features])).alias("probability"),
         F.lit(task.model_name).alias("model_name"), F.lit(str(version.version)).alias("model_version"),
         F.lit(version.run_id).alias("run_id"), F.current_timestamp().alias("scored_at"))

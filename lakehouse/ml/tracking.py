@@ -36,8 +36,11 @@ def configure(settings: Settings) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         artifacts = None if uri.startswith("http") else f"{_local(settings.root)}/mlflow/artifacts"
-        return mlflow.create_experiment(name, artifact_location=artifacts)
-    return experiment.experiment_id
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)  # nested runs land beside their parent
+    return experiment_id
 
 
 def ui_command(settings: Settings) -> str:
