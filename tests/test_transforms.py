@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import readers
@@ -173,9 +173,10 @@ def test_features_use_only_events_before_index_and_label_from_window(spark, sett
         ("p1", "e1", "H01", "inpatient", t(2024, 1, 1), t(2024, 1, 5), "home"),
         ("p1", "e2", "H02", "inpatient", t(2024, 1, 20), t(2024, 1, 22), "home"),  # readmission of e1
         ("p2", "e3", "H01", "inpatient", t(2024, 3, 1), t(2024, 3, 3), "death"),  # not an index event
+        ("p3", "e4", "H03", "inpatient", t(2024, 12, 18), t(2024, 12, 20), "home"),  # window open at data end
     ], "person_key STRING, encounter_key STRING, hospital_id STRING, encounter_type STRING, admit_time TIMESTAMP, "
        "discharge_time TIMESTAMP, discharge_disposition STRING")
-    persons = spark.createDataFrame([("p1", 1950, "male"), ("p2", 1960, "female")],
+    persons = spark.createDataFrame([("p1", 1950, "male"), ("p2", 1960, "female"), ("p3", 1980, "female")],
                                     "person_key STRING, birth_year INT, sex STRING")
     timeline = spark.createDataFrame([
         ("p1", t(2023, 6, 1), "ADMISSION//INPATIENT", None, "e0"),
@@ -186,14 +187,19 @@ def test_features_use_only_events_before_index_and_label_from_window(spark, sett
         ("p1", t(2024, 1, 20), "ADMISSION//INPATIENT", None, "e2"),
         ("p1", t(2024, 1, 21), "LOINC//14682-9", 999.0, "e2"),  # after e1's index: must not leak into e1
         ("p1", t(2024, 1, 21), "ICD10//I50.9", None, "e2"),
-        ("p1", t(2024, 12, 31), "VISIT//OUTPATIENT", None, "e9"),  # data end: both windows complete
+        ("p1", t(2024, 1, 22), "LOINC//14682-9", 500.0, "e2"),  # at e2's index itself: not seen
+        ("p3", t(2024, 12, 18), "ADMISSION//INPATIENT", None, "e4"),
     ], "person_key STRING, time TIMESTAMP, code STRING, numeric_value DOUBLE, encounter_key STRING")
-    got = build_features(encounters, persons, timeline, task, 7).select(
-        "encounter_key", "age", "prior_admissions", "diabetes", "heart_failure", "last_creatinine",
-        "length_of_stay_days", "label", "timeline_version")
+    got = build_features(task, settings.features, encounters, persons, timeline, {"gold.patient_timeline": 7},
+                         dt.date(2025, 1, 1)).select(
+        "encounter_key", "age", "stay_hours", "utilisation_admissions_365d", "comorbidity_diabetes",
+        "comorbidity_heart_failure", "labs_creatinine_count_30d", "labs_creatinine_last_365d",
+        "labs_creatinine_slope_30d", "label", F.col("source_versions")["gold.patient_timeline"].alias("v"))
     expected = spark.createDataFrame([
-        ("e1", 74.0, 1.0, 1.0, 0.0, 120.0, 4.0, 1, 7),
-        ("e2", 74.0, 2.0, 1.0, 1.0, 999.0, 2.0, 0, 7),
-    ], "encounter_key STRING, age DOUBLE, prior_admissions DOUBLE, diabetes DOUBLE, heart_failure DOUBLE, "
-       "last_creatinine DOUBLE, length_of_stay_days DOUBLE, label INT, timeline_version BIGINT")
-    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+        ("e1", 74.0, 96.0, 1.0, 1.0, 0.0, 2.0, 120.0, -30.0, 1, 7),
+        ("e2", 74.0, 48.0, 2.0, 1.0, 1.0, 3.0, 999.0, 46.535, 0, 7),
+        ("e4", 44.0, 48.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 7),
+    ], "encounter_key STRING, age DOUBLE, stay_hours DOUBLE, utilisation_admissions_365d DOUBLE, "
+       "comorbidity_diabetes DOUBLE, comorbidity_heart_failure DOUBLE, labs_creatinine_count_30d DOUBLE, "
+       "labs_creatinine_last_365d DOUBLE, labs_creatinine_slope_30d DOUBLE, label INT, v BIGINT")
+    assert_approx_df_equality(got, expected, 0.01, ignore_row_order=True, ignore_nullable=True)
