@@ -19,6 +19,7 @@ the executors live in it too) and the Python process's. Results: bench/results/<
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import resource
 import shutil
@@ -92,7 +93,7 @@ def at_scale(spark, settings, rows: int) -> dict:
     big = (features.crossJoin(spark.range(copies).withColumnRenamed("id", "copy"))
            .withColumn("person_key", F.concat_ws("#", "person_key", "copy"))
            .withColumn("encounter_key", F.concat_ws("#", "encounter_key", "copy")).drop("copy"))
-    scaled = settings.model_copy(update={"root": settings.root + "-replicated"})
+    scaled = settings.model_copy(update={"root": str(Path(settings.root).parent / "replicated")})
     shutil.rmtree(scaled.root, ignore_errors=True)
     io.overwrite(spark, big, ref, scaled.root)
     split_task = task.model_copy(update={"validation": "person_split"})
@@ -110,8 +111,16 @@ def at_scale(spark, settings, rows: int) -> dict:
 def main() -> None:
     parser = bench_parser(__doc__, "var/bench/ml", [6_000])
     parser.add_argument("--replicate-to", type=int, default=1_000_000)
+    parser.add_argument("--scale-only-root", help="skip the regions: replicate the features under this built root")
     args = parser.parse_args()
     out, settings, spark = session(args)
+    if args.scale_only_root:
+        scaled = at_scale(spark, settings.model_copy(update={"root": str(Path(args.scale_only_root).resolve())}),
+                          args.replicate_to)
+        print(json.dumps(scaled), flush=True)
+        print(write_results("ml", "replicated", [scaled], spark, file=f"{dt.date.today()}-ml-train-scale.json",
+                            source_root=args.scale_only_root))
+        return
     results = []
     for size in args.sizes:
         generated = generate(out / f"p{size}", patients=size, days=1, workers=args.workers, overwrite=True)

@@ -376,6 +376,10 @@ def test_an_increment_rebuilds_only_touched_persons_and_days_and_equals_a_full_r
         full, incremental = io.read(spark, ref, root), io.read(spark, ref, root, version=increment[ref.qualified])
         # when it ran, and the timeline version features were read from, differ by construction
         full, incremental = (f.drop("built_at", "source_versions") for f in (full, incremental))
+        if ref.name.startswith("features_"):  # means and slopes are sums of doubles, in the order files are read
+            assert_approx_df_equality(incremental.orderBy(*ref.keys), full.orderBy(*ref.keys), 1e-6,
+                                      allow_nan_equality=True)
+            continue
         _assert_same_rows(incremental, full, ref.qualified)
     assert io.read(spark, TIMELINE, root).where(F.col("person_key") == merged_from).count() == 0
     assert io.read(spark, TIMELINE, root).where(F.col("source_key") == "new-stay").count() == 2

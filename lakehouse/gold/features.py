@@ -94,8 +94,9 @@ def _stat(stat: str, value: Column, when: Column) -> Column:
         return F.count(F.when(when, 1))
     if stat == "last":
         return F.max(F.when(when, F.struct(F.col("h_time"), value))).getField("h_value")
-    if stat == "slope":  # per day, by least squares over the window's values
-        return F.regr_slope(F.when(when, value), F.when(when, F.col("h_time").cast("long") / SECONDS_PER_DAY))
+    if stat == "slope":  # per day, by least squares; days counted from the index keep the sums well conditioned
+        days = (F.col("h_time").cast("long") - F.col("index_time").cast("long")) / SECONDS_PER_DAY
+        return F.regr_slope(F.when(when, value), F.when(when, days))
     return {"min": F.min, "max": F.max, "mean": F.avg}[stat](F.when(when, value))
 
 
