@@ -92,14 +92,15 @@ def split_by_person(features: DataFrame, test_fraction: float) -> tuple[DataFram
 
 def leave_one_hospital_out(data: DataFrame, hospitals: list[str]) -> list[Fold]:
     """For each hospital: test on its index events; train on the others' minus persons seen in it."""
+    shared = (data.groupBy("person_key").agg(F.collect_set("hospital_id").alias("hospitals"))
+              .where(F.size("hospitals") > 1).select(F.explode("hospitals").alias("hospital_id"))
+              .groupBy("hospital_id").count().collect())  # one row per hospital: persons it shares with others
+    excluded = {row.hospital_id: row["count"] for row in shared}
     folds = []
     for hospital in hospitals:
         test = data.where(F.col("hospital_id") == hospital)
-        seen = test.select("person_key").distinct()
-        others = data.where(F.col("hospital_id") != hospital)
-        train = others.join(seen, "person_key", "left_anti")
-        excluded = others.join(seen, "person_key", "left_semi").select("person_key").distinct().count()
-        folds.append(Fold(hospital, train, test, excluded))
+        train = data.where(F.col("hospital_id") != hospital).join(test.select("person_key"), "person_key", "left_anti")
+        folds.append(Fold(hospital, train, test, excluded.get(hospital, 0)))
     return folds
 
 
