@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from lakehouse import io, pipeline, secrets
+from lakehouse import io, pipeline, progress, secrets
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.ml import tracking
@@ -30,6 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="local", help="environment overlay under the conf folder (default: local)")
     parser.add_argument("--root", default=None,
                         help="lakehouse root, a path or Hadoop URI (default: config, or $LAKEHOUSE_ROOT)")
+    parser.add_argument("--log-format", choices=["auto", "text", "json"], default="auto",
+                        help="progress on stderr: a live line on a terminal, JSON lines otherwise (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,21 +110,44 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("dq-report", "write the data-quality report (HTML) from ops.dq_result")
     report.add_argument("--out", required=True, help="folder for dq-report.html")
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
+    status_command = add("status", "the lakehouse at a glance: tables per layer with their latest Delta version, "
+                         "the last run of each job, quarantined rows per hospital, each task's champion")
+    status_command.add_argument("--json", action="store_true", help="print it as one JSON document")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
+    progress.configure(sys.stderr, structured=True if args.log_format == "json" else
+                       False if args.log_format == "text" else None)
     try:
         settings = load_settings(args.conf_dir, args.env, args.root)
         return COMMANDS[args.command](args, settings)
     except LakehouseError as err:
+        progress.reset()
         print(f"error: {err}", file=sys.stderr)
+        if err.advice:
+            print(f"  what to do: {err.advice}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:
+        if os.environ.get("LAKEHOUSE_DEBUG"):
+            raise
+        progress.reset()
+        print(f"error: {args.command} failed: {type(err).__name__}: {_first_line(err)}", file=sys.stderr)
+        print("  what to do: the run is logged as failed in ops.job_run (see `lakehouse status`); nothing it "
+              "wrote is half-committed, since every Delta write is one commit. Set LAKEHOUSE_DEBUG=1 for the "
+              "full traceback.", file=sys.stderr)
+        return 1
     finally:
+        progress.reset()
         if args.command not in ("init-secrets",):
             print(f"({args.command} finished in {time.time() - started:.1f}s)", file=sys.stderr)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else "(no message)"
 
 
 def _spark(settings: Settings):
@@ -328,6 +353,16 @@ def _dq_report(args, settings: Settings) -> int:
     return 0
 
 
+def _status(args, settings: Settings) -> int:
+    import json
+
+    from lakehouse.status import status
+
+    found = status(_spark(settings), settings)
+    print(json.dumps(found.as_dict(), default=str, indent=2) if args.json else found.render())
+    return 0
+
+
 def _init_secrets(args, settings: Settings) -> int:
     file, created = secrets.init_secrets(settings)
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
@@ -352,6 +387,7 @@ COMMANDS: dict[str, Callable] = {
     "vocab-coverage": _vocab_coverage,
     "dq-report": _dq_report,
     "init-secrets": _init_secrets,
+    "status": _status,
 }
 
 

@@ -6,6 +6,11 @@ class LakehouseError(Exception):
 
     exit_code = 1
 
+    @property
+    def advice(self) -> str:
+        """What to do about it, when the message does not already say."""
+        return ""
+
 
 class ConfigError(LakehouseError):
     """A bad configuration, refused before any data is touched."""
@@ -15,6 +20,10 @@ class ConfigError(LakehouseError):
     def __init__(self, file: str, key: str, message: str):
         self.file, self.key, self.message = file, key, message
         super().__init__(f"config error in {file}: key '{key}': {message}")
+
+    @property
+    def advice(self) -> str:
+        return f"fix '{self.key}' in {self.file} and run the command again; nothing was read or written"
 
 
 class EnvironmentProblem(LakehouseError):

@@ -12,6 +12,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lakehouse import progress
 from lakehouse.catalog import LAYERS, TableRef
 
 
@@ -85,9 +86,19 @@ def hadoop_path(spark: SparkSession, path: str):
     return jvm_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jvm_path  # noqa: SLF001
 
 
-def register_all(spark: SparkSession, root: str) -> list[TableRef]:
-    """Register every Delta table found under the root, so `spark.table("silver.encounter")` works."""
-    registered = []
+def read_small_text(spark: SparkSession, path: str) -> str:
+    """A small file's text through Hadoop (any URI the session understands), without a Spark job."""
+    fs, jvm_path = hadoop_path(spark, path)
+    stream = fs.open(jvm_path)
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")  # noqa: SLF001
+    finally:
+        stream.close()
+
+
+def list_tables(spark: SparkSession, root: str) -> list[TableRef]:
+    """Every Delta table found under the root (by location: a table needs no catalog to be found)."""
+    found = []
     for layer in LAYERS:
         fs, layer_path = hadoop_path(spark, f"{root.rstrip('/')}/{layer}")
         if not fs.exists(layer_path):
@@ -95,15 +106,23 @@ def register_all(spark: SparkSession, root: str) -> list[TableRef]:
         for status in fs.listStatus(layer_path):
             name = status.getPath().getName()
             if status.isDirectory() and DeltaTable.isDeltaTable(spark, str(status.getPath().toString())):
-                ref = TableRef(layer, name, "")
-                register(spark, ref, root)
-                registered.append(ref)
-    return registered
+                found.append(TableRef(layer, name, ""))
+    return found
+
+
+def register_all(spark: SparkSession, root: str) -> list[TableRef]:
+    """Register every Delta table found under the root, so `spark.table("silver.encounter")` works."""
+    found = list_tables(spark, root)
+    for ref in found:
+        register(spark, ref, root)
+    return found
 
 
 def _finish(spark: SparkSession, ref: TableRef, root: str) -> Written:
     register(spark, ref, root)
-    return describe(spark, ref, root)
+    written = describe(spark, ref, root)
+    progress.wrote(written.table, written.version, written.rows)
+    return written
 
 
 def append(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, merge_schema: bool = False) -> Written:
@@ -182,15 +201,17 @@ def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
     return _finish(spark, ref, root)
 
 
-def update_columns(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, columns: tuple[str, ...]) -> None:
+def update_columns(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
+                   columns: tuple[str, ...]) -> Written:
     """Set `columns` of the rows matched by key to the values in `df` (rows not in the table are ignored)."""
-    update_by(spark, df, ref, root, ref.keys, columns)
+    return update_by(spark, df, ref, root, ref.keys, columns)
 
 
 def update_by(spark: SparkSession, df: DataFrame, ref: TableRef, root: str, on: tuple[str, ...],
-              columns: tuple[str, ...]) -> None:
+              columns: tuple[str, ...]) -> Written:
     """Set `columns` of every row matching `df` on the `on` columns (one `df` row may match many rows)."""
     condition = " AND ".join(f"t.{k} <=> s.{k}" for k in on)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in columns)
     (DeltaTable.forPath(spark, ref.path(root)).alias("t").merge(df.alias("s"), condition)
      .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in columns}).execute())
+    return _finish(spark, ref, root)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import io, progress
 from lakehouse.catalog import JOB_RUN
 from lakehouse.config import Settings
 from lakehouse.io import Written
@@ -80,6 +80,7 @@ class JobRun:
         self.note("skipped: inputs and configuration unchanged since the last successful run (--force re-runs)")
 
     def __enter__(self) -> JobRun:
+        progress.job_started(self.job)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -94,7 +95,9 @@ class JobRun:
             io.append(self.spark, self.spark.createDataFrame([row], JOB_RUN.schema), JOB_RUN, self.settings.root)
         except Exception as log_err:  # never hide the job's own error behind a logging error
             print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
-        print(self.summary(status, (ended - self.started_at).total_seconds(), message))
+        seconds = (ended - self.started_at).total_seconds()
+        progress.job_ended(self.job, status, seconds, self.outputs)
+        print(self.summary(status, seconds, message))
 
     def summary(self, status: str, seconds: float, message: str) -> str:
         lines = [f"== {self.job} {status} in {seconds:.1f}s (run {self.run_id})"]

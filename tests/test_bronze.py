@@ -178,7 +178,15 @@ def test_a_new_dialect_is_onboarded_by_a_contract_alone_and_quarantine_over_thre
     assert main(["validate-source", "--hospital", "H09", *common]) == 0
     assert "validate-source H09: PASS" in capsys.readouterr().out
     assert main(["ingest", *common]) == 0
-    assert "== ingest succeeded" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "== ingest succeeded" in captured.out
+    # not on a terminal, progress is JSON lines on stderr: files parsed per entity, tables written, the end
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert [(e["item"], e["done"], e["total"], e["unit"], e["rows"]) for e in events if e["event"] == "step"] == [
+        ("encounter", 1, 2, "files", 1), ("patient", 2, 2, "files", 3)]
+    wrote = {e["table"]: e["rows"] for e in events if e["event"] == "wrote"}
+    assert wrote["bronze.patient"] == 2 and wrote["bronze.encounter"] == 1
+    assert (events[0]["event"], events[-1]["event"], events[-1]["status"]) == ("start", "end", "succeeded")
     patients = io.read(spark, BRONZE["patient"], root).select("mrn", "name", "national_id", "sex", "phone", "address",
                                                              "_source_line", F.map_keys("_extra").alias("k"))
     expected = spark.createDataFrame(

@@ -143,8 +143,10 @@ def test_cli_refuses_bad_config_with_one_line_exit_2_and_writes_nothing(conf, tm
     _edit(conf / "local" / "lakehouse.yaml", lambda d: d["spark"].update(master="nonsense"))
     root = tmp_path / "root"
     assert main(["ingest", "--conf-dir", str(conf), "--root", str(root)]) == 2
-    error = capsys.readouterr().err.splitlines()[0]
+    error, advice = capsys.readouterr().err.splitlines()[:2]
     assert error.startswith(f"error: config error in {conf / 'local' / 'lakehouse.yaml'}: key 'spark.master'")
+    assert advice == (f"  what to do: fix 'spark.master' in {conf / 'local' / 'lakehouse.yaml'} and run the command "
+                      "again; nothing was read or written")
     assert not root.exists()
 
 

@@ -21,10 +21,13 @@ from lakehouse.catalog import (
     IDENTITY,
     JOB_RUN,
     PERSON,
+    QUARANTINE,
     SILVER,
     TIMELINE,
 )
 from lakehouse.cli import main
+from lakehouse.ml.train import current
+from lakehouse.status import status
 from lakehouse.synth.dialects import dialect_for
 from lakehouse.synth.generator import read_truth
 
@@ -121,6 +124,29 @@ def test_second_run_all_through_the_cli_changes_nothing(spark, region, capsys):
     assert changed == {JOB_RUN.qualified}
     assert len(mlflow.MlflowClient().search_model_versions(
         f"name='{settings.tasks[TASK].model_name}'")) == model_versions
+
+
+def test_status_shows_every_table_with_its_version_and_rows_the_runs_quarantine_and_champions(spark, region, capsys):
+    settings = region.settings
+    found = status(spark, settings)
+    # versions from the log's newest commit, rows from ops.job_run: both equal what Delta itself says
+    truth = {ref.qualified: (io.latest_version(spark, ref, settings.root), io.read(spark, ref, settings.root).count())
+             for ref in io.list_tables(spark, settings.root)}
+    assert {f"{t.layer}.{t.name}": (t.version, t.rows) for t in found.tables} == truth
+    assert {"bronze.encounter", "silver.person", "gold.patient_timeline", f"gold.predictions_{TASK}",
+            "ops.job_run", "vault.identity"} <= set(truth)
+    assert {r.job: r.status for r in found.runs}["build"] == "succeeded"
+    quarantined = io.read(spark, QUARANTINE, settings.root).groupBy("hospital_id", "layer").count().collect()
+    assert found.quarantine == {h: {r.layer: r["count"] for r in quarantined if r.hospital_id == h}
+                                for h in {r.hospital_id for r in quarantined}}
+    champion = current(settings, settings.tasks[TASK])
+    assert [c.version for c in found.champions if c.task == TASK] == [champion.version]
+
+    assert main(["status", "--conf-dir", str(CONF), "--root", settings.root]) == 0
+    out = capsys.readouterr().out
+    assert f"models:/lakehouse_{TASK}@champion = v{champion.version}" in out
+    timeline = truth[TIMELINE.qualified]
+    assert f"{TIMELINE.qualified:<40} rows={timeline[1]:<10} v{timeline[0]:<5}" in out
 
 
 def test_spark_submit_runs_a_job_as_the_readme_says(region, tmp_path):

@@ -20,7 +20,7 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import io, progress
 from lakehouse.bronze import readers
 from lakehouse.catalog import BRONZE, BRONZE_COLUMNS, INGEST_LEDGER, QUARANTINE, SOURCE_SYSTEM
 from lakehouse.config import Settings
@@ -328,10 +328,16 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
     failed: dict[str, tuple[LandingFile, str]] = {f.path: (f, reason) for f, reason in unreadable}
     written: list[Written] = []
     try:
-        for entity in sorted({e for g in groups for e in g.entities}):
-            done, bad_files = parse_entity(spark, settings, entity, [g for g in groups if entity in g.entities])
+        entities = sorted({e for g in groups for e in g.entities})
+        files_total, files_done, rows_read = len({f.path for g in groups for f in g.files}), set(), 0
+        for entity in entities:
+            mine = [g for g in groups if entity in g.entities]
+            done, bad_files = parse_entity(spark, settings, entity, mine)
             parsed += done
             failed.update({f.path: (f, reason) for f, reason in bad_files})
+            files_done |= {f.path for g in mine for f in g.files}
+            rows_read += sum(read for p in done for read, _ in p.counts.values())
+            progress.step("parse", entity, len(files_done), files_total, "files", rows_read)
         for entity in sorted({p.entity for p in parsed}):
             frames = [bronze_rows(p, batch_id) for p in parsed if p.entity == entity]
             written.append(io.append(spark, reduce(DataFrame.unionByName, frames), BRONZE[entity], settings.root))

@@ -26,7 +26,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import io, progress
 from lakehouse.catalog import features_table
 from lakehouse.config import ModelSpec, Settings, TaskSpec
 from lakehouse.io import Written
@@ -232,7 +232,8 @@ def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path
     with mlflow.start_run(run_name=f"{task.name}-{spec.type}", nested=True) as run:
         mlflow.log_params({f"model.{k}": v for k, v in spec.model_dump().items()})
         scored = None
-        for fold in folds:
+        for n, fold in enumerate(folds, start=1):
+            progress.step(f"validate {spec.type}", fold.held_out, n, len(folds), "folds")
             fitted = fit(fold.train, spec, features)
             predicted = fitted.predict(fold.test).select("hospital_id", *[c for c in ("age", "sex_male")
                                                                           if c in features], LABEL, PROB)
@@ -270,6 +271,7 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
                             **{f"fold/{f.held_out}/excluded_persons": float(f.excluded_persons) for f in folds}})
         reports = [validate_model(spec, folds, task, out) for spec in task.models]
         best = max(reports, key=lambda r: (r.auroc if r.auroc == r.auroc else -1.0))  # NaN ranks last
+        progress.step(f"fit {best.spec.type} on every hospital", task.name, rows=int(counts.n))
         final = fit(data, best.spec, features)
         best.importance = importance(final, stddev)
         baseline = {f"baseline/{k}": v for k, v in metric_dict(reports[0].metrics).items() if k.startswith(POOLED)}

@@ -296,7 +296,8 @@ def link(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes, 
         spark.conf.set(COMMIT_METADATA, f"link {run_id}")
         written = [io.overwrite(spark, rows, PERSON_LINK, root),
                    io.append(spark, events(assigned, run_id), PERSON_EVENT, root)]
-        changed = update_person_keys(spark, root)
+        changed, updated = update_person_keys(spark, root)
+        written += updated
         stats = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count("rule").alias("links")).first()
         result = LinkResult(written, feats.count(), assigned.select("person_id").distinct().count(),
                             stats.pairs, stats.links, candidates.oversized.count(), changed)
@@ -307,16 +308,15 @@ def link(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes, 
         feats.unpersist()
 
 
-def update_person_keys(spark: SparkSession, root: str) -> int:
+def update_person_keys(spark: SparkSession, root: str) -> tuple[int, list[Written]]:
     """Set person_key from silver.person_link wherever it differs: silver.person, then every event table
-    (by patient_key). Returns the number of records whose key changed."""
+    (by patient_key). Returns the number of records whose key changed and the tables updated."""
     links = io.read(spark, PERSON_LINK, root).select("patient_key", "person_key")
     current = io.read(spark, PERSON, root).select("patient_key", F.col("person_key").alias("_old"))
     changed = (links.join(current, "patient_key").where(~F.col("person_key").eqNullSafe(F.col("_old")))
                .drop("_old").localCheckpoint())
     count = changed.count()
-    if count:
-        for ref in SILVER.values():
-            if io.exists(spark, ref, root) and "patient_key" in ref.columns:
-                io.update_by(spark, changed, ref, root, on=("patient_key",), columns=("person_key",))
-    return count
+    if not count:
+        return 0, []
+    return count, [io.update_by(spark, changed, ref, root, on=("patient_key",), columns=("person_key",))
+                   for ref in SILVER.values() if io.exists(spark, ref, root) and "patient_key" in ref.columns]

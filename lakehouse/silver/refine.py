@@ -445,7 +445,7 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
             found = df.join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"])
             outputs.append(checked.merge(found, ref))
             if not batches.full:  # rows flagged before their encounter arrived are judged again
-                checked.recheck(ref, encounters, arrived)
+                outputs[-1] = checked.recheck(ref, encounters, arrived)
         outputs += checked.finish()
         state = spark.createDataFrame([(b, settings.config_hash, run_id) for b in batches.ids],
                                       "batch_id STRING, config_hash STRING, run_id STRING")
@@ -487,7 +487,7 @@ class Checked:
         self.results += quality.check_results(self.spark, self.settings, conf, ref.name, self.run_id)
         return written
 
-    def recheck(self, ref: TableRef, encounters: DataFrame, arrived: DataFrame) -> None:
+    def recheck(self, ref: TableRef, encounters: DataFrame, arrived: DataFrame) -> Written:
         """Flags of a table's rows whose encounter arrived in this run, judged again (a lab lands before its
         stay's discharge record does)."""
         conf = self.settings.dq.get(ref.name)
@@ -495,7 +495,7 @@ class Checked:
         flagged = (table.where(F.size("dq_flags") > 0).join(arrived.distinct(), "encounter_key", "left_semi")
                    .join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"]))
         again = quality.evaluate(flagged, conf).select(*ref.keys, quality.flags(conf).alias("dq_flags"))
-        io.update_columns(self.spark, again, ref, self.settings.root, ("dq_flags",))
+        return io.update_columns(self.spark, again, ref, self.settings.root, ("dq_flags",))
 
     def finish(self) -> list[Written]:
         written = []
