@@ -8,12 +8,14 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator clean help
+.PHONY: setup demo test notebooks status lint bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
 	@echo "make demo   - generate a 5-hospital sample (every dialect) and run bronze -> silver -> gold -> train -> score"
 	@echo "make test   - run the test suite (what CI runs)"
+	@echo "make notebooks - run notebooks/*.ipynb headless on the demo lakehouse (after make demo); copies in var/notebooks"
+	@echo "make status - the lakehouse at a glance: tables, last runs, quarantine, champions"
 	@echo "make lint   - ruff"
 	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
@@ -43,6 +45,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+notebooks: setup
+	$(BIN)/python -m lakehouse.notebooks
+
+status: setup
+	$(BIN)/lakehouse status
 
 lint: setup
 	$(BIN)/ruff check lakehouse jobs tests

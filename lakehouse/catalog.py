@@ -34,8 +34,8 @@ class TableRef:
         return T.StructType.fromDDL(self.schema_ddl)
 
     @property
-    def columns(self) -> list[str]:
-        """Column names, without Spark: the first word of each top-level comma-separated field."""
+    def fields(self) -> list[tuple[str, str]]:
+        """(name, type) of each column, without Spark: the top-level comma-separated fields of the DDL."""
         fields, depth, current = [], 0, ""
         for char in self.schema_ddl:
             depth += {"<": 1, ">": -1}.get(char, 0)
@@ -45,7 +45,11 @@ class TableRef:
             else:
                 current += char
         fields.append(current)
-        return [f.split()[0] for f in fields if f.strip()]
+        return [(f.split()[0], " ".join(f.split()[1:])) for f in fields if f.strip()]
+
+    @property
+    def columns(self) -> list[str]:
+        return [name for name, _ in self.fields]
 
 
 # --- bronze: every value as received (strings) plus lineage ------------------------------------

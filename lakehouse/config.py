@@ -784,6 +784,17 @@ def _load_tasks(folder: Path, catalog: FeatureCatalog, cohorts: dict[str, Cohort
     return tasks
 
 
+def parse_cohort(text: str, source: str = "<text>") -> CohortSpec:
+    """A cohort definition from YAML text (a notebook's draft), validated as conf/cohorts files are."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(source, "<yaml>", f"not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(source, "<top>", "expected a mapping of keys to values")
+    return _validate(CohortSpec, data, {}, source)
+
+
 def _load_cohorts(folder: Path) -> dict[str, CohortSpec]:
     cohorts: dict[str, CohortSpec] = {}
     for file, spec in _load_dir(folder, CohortSpec).items():

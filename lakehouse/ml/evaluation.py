@@ -331,8 +331,8 @@ def evaluate(scored: DataFrame, bins: int = 10) -> dict[str, GroupMetrics]:
 
 def plot(metrics: dict[str, GroupMetrics], out_dir: Path, title: str) -> list[Path]:
     """roc.png, pr.png, calibration.png in out_dir (matplotlib Agg backend), one line per group; returns the paths."""
-    # matplotlib comes with mlflow rather than as our own dependency, and only plotting needs it; a bare Figure
-    # on an Agg canvas leaves pyplot's global backend alone
+    # only plotting needs matplotlib, so it is imported here; a bare Figure on an Agg canvas leaves pyplot's
+    # global backend alone
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
