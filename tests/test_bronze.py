@@ -204,6 +204,7 @@ def test_a_new_dialect_is_onboarded_by_a_contract_alone_and_quarantine_over_thre
     assert main(["ingest", *common]) == 3
     captured = capsys.readouterr()
     assert "quarantine over the contract's threshold for H09 2/3 rows" in captured.err
+    assert "  what to do: read the reasons with `SELECT reason, count(*) FROM ops.quarantine" in captured.err
     assert "rows_quarantined=2" in captured.out and "== ingest failed" in captured.out
     reasons = {r.source_line: r.reason for r in io.read(spark, QUARANTINE, root).collect()}
     assert reasons == {2: "invalid JSON", 3: "required mrn absent ($.pat.no)"}

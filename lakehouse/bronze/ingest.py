@@ -36,11 +36,22 @@ class QuarantineThresholdExceeded(LakehouseError):
 
     exit_code = 3
 
+    @property
+    def advice(self) -> str:
+        return ("read the reasons with `SELECT reason, count(*) FROM ops.quarantine GROUP BY reason`, then fix the "
+                "hospital's export or its contract (`lakehouse validate-source --hospital H` profiles a dump); "
+                "refine will not use the batch until ingest succeeds")
+
 
 class ReconciliationError(LakehouseError):
     """What the run wrote does not add up to what it read."""
 
     exit_code = 4
+
+    @property
+    def advice(self) -> str:
+        return ("run `lakehouse reconcile` to list every file whose rows do not add up; a file's Delta history "
+                "(DESCRIBE HISTORY) shows which commit changed it")
 
 
 @dataclass(frozen=True)

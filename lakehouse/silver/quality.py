@@ -34,6 +34,11 @@ class DataQualityFailure(LakehouseError):
 
     exit_code = 5
 
+    @property
+    def advice(self) -> str:
+        return ("see the failing rows' hospitals in ops.dq_result (`lakehouse dq-report --out DIR`); fix the source "
+                "or change the rule's action in conf/dq (docs/data-quality.md lists them), then refine again")
+
 
 @dataclass(frozen=True)
 class Evaluated:

@@ -25,6 +25,11 @@ MODE = "GCM"
 class VaultKeyError(EnvironmentProblem):
     """The vault key does not open the vault."""
 
+    @property
+    def advice(self) -> str:
+        return ("set that variable (or its line in the secrets file) to the key the vault was written with; after "
+                "`lakehouse vault rotate-key` that is the new key (docs/privacy.md)")
+
 
 def key_frame(spark: SparkSession, key: bytes, column: str = KEY_COLUMN) -> DataFrame:
     """The key as data (one row, from an RDD), to cross-join where it is needed: never a literal in a plan."""
