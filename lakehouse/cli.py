@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from pyspark.sql import functions as F
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                        False if args.log_format == "text" else None)
     try:
         settings = load_settings(args.conf_dir, args.env, args.root)
-        return COMMANDS[args.command](args, settings)
+        with nullcontext(progress.Outcome()) if args.command in LOGGED_JOBS else progress.command(args.command) as end:
+            end.exit_code = COMMANDS[args.command](args, settings)
+            return end.exit_code
     except LakehouseError as err:
         progress.reset()
         print(f"error: {err}", file=sys.stderr)
@@ -150,11 +153,14 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0][:500] if text else "(no message)"
 
 
-def _spark(settings: Settings):
+def _spark(settings: Settings, register: bool = True):
+    """The session, with the lakehouse's tables registered, watched for progress while a stage runs."""
     from lakehouse.spark import build_spark
 
     spark = build_spark(settings)
-    io.register_all(spark, settings.root)
+    if register:
+        io.register_all(spark, settings.root)
+    progress.watch_spark(spark)
     return spark
 
 
@@ -182,13 +188,12 @@ def _ingest(args, settings: Settings) -> int:
 def _validate_source(args, settings: Settings) -> int:
     from lakehouse.bronze.profile import PASS, profile_source
     from lakehouse.errors import ConfigError
-    from lakehouse.spark import build_spark
 
     if args.hospital not in settings.sources:
         raise ConfigError(str(settings.conf_dir / "sources"), args.hospital,
                           f"no source contract for this hospital; known: {sorted(settings.sources)}")
     landing = pipeline.check_landing(settings, args.landing)
-    report = profile_source(build_spark(settings), settings, args.hospital, landing, args.max_unparsed)
+    report = profile_source(_spark(settings, register=False), settings, args.hospital, landing, args.max_unparsed)
     print(report.render())
     return 0 if report.verdict == PASS else 1
 
@@ -314,6 +319,7 @@ def _reconcile(args, settings: Settings) -> int:
     from lakehouse.bronze.reconcile import reconcile
 
     report = reconcile(_spark(settings), settings).cache()
+    progress.step("compare", "ledger with bronze and quarantine rows per file")
     totals = report.agg(F.count("*").alias("files"), F.sum(F.col("balanced").cast("int")).alias("balanced"),
                         F.sum("rows_landed").alias("landed"), F.sum("bronze_rows").alias("bronze"),
                         F.sum("rows_quarantined").alias("quarantined"),
@@ -368,6 +374,10 @@ def _init_secrets(args, settings: Settings) -> int:
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
     return 0
 
+
+# their start, end and outputs are reported by the job run they log (ops.job_run); the other commands get a
+# start and an end of their own
+LOGGED_JOBS = {"ingest", "refine", "link", "build", "cohort", "export-meds", "train", "score"}
 
 COMMANDS: dict[str, Callable] = {
     "generate": _generate,

@@ -72,12 +72,16 @@ _REGISTERED: set[tuple[str, str, str]] = set()  # (Spark application, table, loc
 
 def register(spark: SparkSession, ref: TableRef, root: str) -> None:
     """Name the table in the session catalog (once per session and location: it costs two catalog calls)."""
-    key = (spark.sparkContext.applicationId, ref.qualified, ref.path(root))
+    key = _registration(spark, ref, root)
     if key in _REGISTERED:
         return
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {ref.layer}")
     spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.qualified} USING DELTA LOCATION '{ref.path(root)}'")
     _REGISTERED.add(key)
+
+
+def _registration(spark: SparkSession, ref: TableRef, root: str) -> tuple[str, str, str]:
+    return spark.sparkContext.applicationId, ref.qualified, ref.path(root)
 
 
 def hadoop_path(spark: SparkSession, path: str):
@@ -113,7 +117,9 @@ def list_tables(spark: SparkSession, root: str) -> list[TableRef]:
 def register_all(spark: SparkSession, root: str) -> list[TableRef]:
     """Register every Delta table found under the root, so `spark.table("silver.encounter")` works."""
     found = list_tables(spark, root)
-    for ref in found:
+    new = [ref for ref in found if _registration(spark, ref, root) not in _REGISTERED]
+    for done, ref in enumerate(new, start=1):
+        progress.step("register", ref.qualified, done, len(new), "tables")
         register(spark, ref, root)
     return found
 

@@ -16,12 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 
 class Reporter:
     """Hears nothing: the default outside the CLI."""
+
+    every: float | None = None  # seconds between looks at Spark's running tasks (None: no looks)
 
     def event(self, event: str, **fields) -> None:
         pass
@@ -32,6 +37,8 @@ class Reporter:
 
 class JsonLines(Reporter):
     """One JSON object per event, flushed at once (a pipe or a log file)."""
+
+    every = 10.0  # a log line per 10 s of a long Spark stage is enough
 
     def __init__(self, stream: TextIO):
         self.stream = stream
@@ -44,6 +51,8 @@ class JsonLines(Reporter):
 
 class LiveLine(Reporter):
     """One status line rewritten in place; a job's end leaves its line behind."""
+
+    every = 1.0
 
     def __init__(self, stream: TextIO, width: int = 119):
         self.stream, self.width, self.shown = stream, width, False
@@ -74,6 +83,8 @@ def render(event: str, fields: dict) -> str | None:
         return f"{job} {fields.get('status')} in {fields.get('seconds', 0):.1f}s"
     if event == "wrote":
         return f"{job} wrote {fields.get('table')} (rows {fields.get('rows', 0):,}, version {fields.get('version')})"
+    if event == "spark":
+        return f"{job} spark stage {fields.get('stages')} · {fields.get('done', 0)}/{fields.get('total')} partitions"
     if event == "step":
         parts = [f"{job} {fields.get('stage', '')}"]
         if fields.get("item"):
@@ -88,6 +99,45 @@ def render(event: str, fields: dict) -> str | None:
 
 _reporter: Reporter = Reporter()
 _job: list[tuple[str, float]] = []  # the job being run (name, start), innermost last
+_lock = threading.Lock()  # the Spark watcher reports from its own thread
+_watch: SparkWatch | None = None
+
+
+def _emit(event: str, **fields) -> None:
+    with _lock:
+        _reporter.event(event, **fields)
+
+
+class SparkWatch:
+    """Between a job's own steps, how far Spark is: the partitions done of the stages running now.
+
+    It looks every `every` seconds from a daemon thread and reports only when something moved, so a
+    stage that runs for minutes shows its tasks completing instead of a silent line."""
+
+    def __init__(self, spark, every: float):
+        self.tracker, self.every = spark.sparkContext.statusTracker(), every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lakehouse-spark-watch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        last = None
+        while not self.stopped.wait(self.every):
+            try:
+                stages = [i for i in (self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()) if i]
+            except Exception:  # the session is stopping: nothing more to watch
+                return
+            if not stages:
+                continue
+            seen = (tuple(sorted(i.stageId for i in stages)), sum(i.numCompletedTasks for i in stages))
+            if seen != last:
+                last = seen
+                _emit("spark", job=_current(), stages=",".join(map(str, seen[0])), done=seen[1],
+                      total=sum(i.numTasks for i in stages), unit="partitions")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
 
 
 def configure(stream: TextIO | None = None, structured: bool | None = None) -> Reporter:
@@ -100,26 +150,54 @@ def configure(stream: TextIO | None = None, structured: bool | None = None) -> R
     return _reporter
 
 
+def watch_spark(spark) -> None:
+    """Report the running Spark stages' partitions while the configured reporter listens (the CLI calls this)."""
+    global _watch
+    if _watch is None and _reporter.every is not None:
+        _watch = SparkWatch(spark, _reporter.every)
+
+
 def reset() -> None:
-    global _reporter
+    global _reporter, _watch
+    if _watch is not None:
+        _watch.stop()
+        _watch = None
     _reporter.close()
     _reporter = Reporter()
 
 
+class Outcome:
+    """What a command ended with: a check that found problems (pii-scan, reconcile) exits non-zero."""
+
+    exit_code: int | None = None
+
+
+@contextmanager
+def command(name: str) -> Iterator[Outcome]:
+    """Start and end events for a command that is not a logged job (generate, pii-scan, reconcile, ...);
+    it ended `succeeded` only if it set the outcome's exit code to 0."""
+    job_started(name)
+    started, outcome = time.monotonic(), Outcome()
+    try:
+        yield outcome
+    finally:
+        job_ended(name, "succeeded" if outcome.exit_code == 0 else "failed", time.monotonic() - started, [])
+
+
 def job_started(job: str) -> None:
     _job.append((job, time.monotonic()))
-    _reporter.event("start", job=job)
+    _emit("start", job=job)
 
 
 def job_ended(job: str, status: str, seconds: float, outputs: list) -> None:
     if _job and _job[-1][0] == job:
         _job.pop()
-    _reporter.event("end", job=job, status=status, seconds=round(seconds, 1),
+    _emit("end", job=job, status=status, seconds=round(seconds, 1),
                     outputs=[{"table": w.table, "version": w.version, "rows": w.rows} for w in outputs])
 
 
 def wrote(table: str, version: int | None, rows: int) -> None:
-    _reporter.event("wrote", job=_current(), table=table, version=version, rows=rows)
+    _emit("wrote", job=_current(), table=table, version=version, rows=rows)
 
 
 def step(stage: str, item: str | None = None, done: int | None = None, total: int | None = None,
@@ -127,7 +205,7 @@ def step(stage: str, item: str | None = None, done: int | None = None, total: in
     """Where the running job is: `stage`, on `item`, `done` of `total` `unit`s, `rows` so far."""
     fields = {"job": _current(), "stage": stage, "item": item, "done": done, "total": total, "unit": unit,
               "rows": rows, "elapsed_s": round(time.monotonic() - _job[-1][1], 1) if _job else None}
-    _reporter.event("step", **{k: v for k, v in fields.items() if v is not None})
+    _emit("step", **{k: v for k, v in fields.items() if v is not None})
 
 
 def _current() -> str:

@@ -1,4 +1,4 @@
-"""The CLI's manners, without Spark: progress on a terminal and off it, errors that say what to do."""
+"""The CLI's manners: progress on a terminal and off it, errors that say what to do."""
 
 from __future__ import annotations
 
@@ -61,3 +61,36 @@ def test_an_unexpected_failure_reads_as_advice_not_a_traceback(monkeypatch, caps
     assert err[0] == "error: build failed: RuntimeError: [DELTA_CONCURRENT_APPEND] a concurrent writer added files"
     assert err[1].startswith("  what to do: the run is logged as failed in ops.job_run (see `lakehouse status`)")
     assert "LAKEHOUSE_DEBUG=1" in err[1]
+
+
+def test_generate_reports_each_block_as_a_json_line(tmp_path, capsys):
+    out = tmp_path / "region"
+    assert cli.main(["generate", "--conf-dir", str(CONF), "--out", str(out), "--hospitals", "2", "--patients", "30",
+                     "--block-size", "10", "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    steps = [(e["job"], e["stage"], e["item"], e["done"], e["total"], e["unit"]) for e in events[1:-1]]
+    assert steps == [("generate", "generate", f"block {b}", b + 1, 3, "blocks") for b in range(3)]
+    assert [e["rows"] for e in events[1:-1]] == sorted({e["rows"] for e in events[1:-1]})  # grows block by block
+    rows = dict(part.split("=") for part in captured.out.splitlines()[1].split(";")[0][len("rows: "):].split(", "))
+    assert events[-2]["rows"] == sum(int(n) for n in rows.values())  # the last block's total is the printed sum
+    assert (events[0]["event"], events[-1]["event"], events[-1]["status"]) == ("start", "end", "succeeded")
+    assert all(e["event"] == "step" for e in events[1:-1])
+
+
+def test_a_long_spark_stage_reports_its_partitions_as_they_finish(spark):
+    log = io.StringIO()
+    progress.configure(log).every = 0.2  # a look every 0.2 s instead of a log line's 10 s
+    try:
+        progress.watch_spark(spark)
+        with progress.command("pii-scan"):
+            spark.sparkContext.parallelize(range(4), 4).foreach(lambda _: __import__("time").sleep(1.5))
+    finally:
+        progress.reset()
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    seen = [(e["done"], e["total"], e["unit"], e["job"]) for e in events if e["event"] == "spark"]
+    assert seen and all(total == 4 and unit == "partitions" and job == "pii-scan" for _, total, unit, job in seen)
+    assert [done for done, *_ in seen] == sorted(done for done, *_ in seen)  # only forward, each change once
+    assert (events[0]["event"], events[-1]["event"]) == ("start", "end")
+    first = next(e for e in events if e["event"] == "spark")  # and on a terminal:
+    assert progress.render("spark", first) == f"[pii-scan] spark stage {first['stages']} · {first['done']}/4 partitions"

@@ -183,14 +183,19 @@ def test_reconcile_balances_and_names_a_file_that_lost_a_row(spark, region, caps
     root = region.settings.root
     args = ["reconcile", "--conf-dir", str(CONF), "--root", root]
     assert main(args) == 0
-    assert "landed files balance" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "landed files balance" in captured.out
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith('{"event"')]
+    assert [(e["event"], e.get("stage"), e.get("status")) for e in events if e["event"] != "spark"][-2:] == [
+        ("step", "compare", None), ("end", None, "succeeded")]
     vitals = DeltaTable.forPath(spark, BRONZE["vital_sign"].path(root))
     before = io.latest_version(spark, BRONZE["vital_sign"], root)
     victim = io.read(spark, BRONZE["vital_sign"], root).select("_source_file").first()[0]
     vitals.delete((F.col("_source_file") == victim) & (F.col("_source_line") == 2))
     try:
         assert main(args) == 1
-        out = capsys.readouterr().out
-        assert f"MISMATCH {victim}" in out
+        captured = capsys.readouterr()
+        assert f"MISMATCH {victim}" in captured.out
+        assert json.loads(captured.err.splitlines()[-2])["status"] == "failed"  # a check that found a problem
     finally:
         vitals.restoreToVersion(before)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
+from lakehouse import progress
 from lakehouse.bronze.ingest import LandingFile, groups_of, list_files, match_contract, parse_entity
 from lakehouse.catalog import DATE_COLUMNS, NUMBER_COLUMNS, TIME_COLUMNS
 from lakehouse.config import EntitySource, Settings
@@ -126,7 +127,9 @@ def profile_source(spark: SparkSession, settings: Settings, hospital_id: str, la
             report.missing.setdefault(g.entities[0], [])
             report.missing[g.entities[0]] += [c for c in sorted(sent - set(header))
                                               if c not in report.missing[g.entities[0]]]
-    for entity in sorted({e for g in groups for e in g.entities}):
+    progress.step("list", f"{hospital_id}: {len(files)} files to profile, {len(report.unmatched)} unmatched")
+    entities = sorted({e for g in groups for e in g.entities})
+    for done, entity in enumerate(entities, start=1):
         parsed, failed = parse_entity(spark, settings, entity, [g for g in groups if entity in g.entities])
         report.unreadable.update({f.path: reason for f, reason in failed})
         for p in parsed:
@@ -134,6 +137,7 @@ def profile_source(spark: SparkSession, settings: Settings, hospital_id: str, la
                 _profile_entity(report, p.frame, entity, contract.entities[entity])
             finally:
                 p.frame.unpersist()
+        progress.step("profile", entity, done, len(entities), "entities", sum(report.rows_read.values()))
     _judge(report, contract.quarantine_threshold, max_unparsed)
     return report
 

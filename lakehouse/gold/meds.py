@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import io, progress
 from lakehouse.catalog import PERSON, TIMELINE
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError
@@ -119,12 +119,15 @@ def export_meds(spark: SparkSession, settings: Settings, out: str) -> MedsExport
         raise LakehouseError(f"{check['persons'] - check['ids']} person keys share a MEDS subject_id")
     rows = io.describe(spark, TIMELINE, settings.root).rows
     shards = file_count(rows, settings.main.gold.timeline_rows_per_file)
+    progress.step("write", f"{check['persons']} subjects", 0, shards, "shards", rows)
     (events.repartitionByRange(shards, "subject_id")
      .sortWithinPartitions(F.col("subject_id"), F.col("time").asc_nulls_first(), F.col("code"))
      .write.mode("errorifexists").parquet(str(target / meds.data_subdirectory)))
     (target / meds.data_subdirectory / "_SUCCESS").unlink(missing_ok=True)
     shard_files = sorted(str(f) for f in (target / meds.data_subdirectory).glob("*.parquet"))
+    progress.step("conform", "MEDS Arrow types", 0, len(shard_files), "shards", rows)
     spark.sparkContext.parallelize(shard_files, len(shard_files)).foreach(conform_shard)
+    progress.step("metadata", "codes, splits, dataset", len(shard_files), len(shard_files), "shards", rows)
     metadata = target / "metadata"
     metadata.mkdir(parents=True, exist_ok=True)
     codes = [r[0] for r in events.select("code").distinct().collect()]  # bounded by the vocabularies

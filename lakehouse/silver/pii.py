@@ -14,7 +14,7 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import io, progress
 from lakehouse.catalog import IDENTITY, TableRef
 from lakehouse.silver import vault
 from lakehouse.silver.standardize import ID_NUMBER, PHONE, national_id_is_valid
@@ -50,7 +50,8 @@ def masked(value: Column) -> Column:
 def values(spark: SparkSession, root: str, refs: list[TableRef]) -> DataFrame:
     """(table, column, value, _row) for every non-empty scanned string; `_row` tells cells apart."""
     frames = []
-    for ref in refs:
+    for done, ref in enumerate(refs, start=1):
+        progress.step("read", ref.qualified, done, len(refs), "tables")
         df = io.read(spark, ref, root)
         columns = scanned_columns(df)
         if columns:
@@ -87,6 +88,7 @@ def scan(spark: SparkSession, root: str, vault_key: bytes, refs: list[TableRef] 
     """Every hit, grouped by table, column and kind (silver and gold, all tables found under the root)."""
     refs = refs if refs is not None else [r for r in io.register_all(spark, root) if r.layer in ("silver", "gold")]
     cells = values(spark, root, refs).cache()
+    progress.step("scan", "national ids, phones and the vault's names in every string cell")
     try:
         hits = (_pattern_hits(cells, "national_id", ID_NUMBER, national_id_is_valid)
                 .unionByName(_pattern_hits(cells, "phone", PHONE)))

@@ -19,12 +19,14 @@ import json
 import math
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lakehouse import progress
 from lakehouse.errors import UsageError
 from lakehouse.synth import defects as D
 from lakehouse.synth.clinical import DEPARTMENTS, DRUGS, LABS, REFERENCE, VITALS, Clinical, draw_clinical
@@ -123,19 +125,21 @@ def generate(
     if out.exists():
         shutil.rmtree(out)
     (out / "landing").mkdir(parents=True)
-    if workers > 1 and config.blocks > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_block, [config] * config.blocks, range(config.blocks), [out] * config.blocks))
-    else:
-        results = [_block(config, block, out) for block in range(config.blocks)]
     rows: dict[str, int] = {}
     by_hospital: dict[str, dict[str, int]] = {}
     files = 0
-    for block_rows, block_files in results:
-        files += block_files
-        for (hid, entity), count in block_rows.items():
-            rows[entity] = rows.get(entity, 0) + count
-            by_hospital.setdefault(hid, {})[entity] = by_hospital.get(hid, {}).get(entity, 0) + count
+    with ExitStack() as stack:
+        if workers > 1 and config.blocks > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            results = pool.map(_block, [config] * config.blocks, range(config.blocks), [out] * config.blocks)
+        else:
+            results = (_block(config, block, out) for block in range(config.blocks))
+        for done, (block_rows, block_files) in enumerate(results, start=1):  # in block order, as they finish
+            files += block_files
+            for (hid, entity), count in block_rows.items():
+                rows[entity] = rows.get(entity, 0) + count
+                by_hospital.setdefault(hid, {})[entity] = by_hospital.get(hid, {}).get(entity, 0) + count
+            progress.step("generate", f"block {done - 1}", done, config.blocks, "blocks", sum(rows.values()))
     files += _file_defects(config, out)
     summary = _summarize(config, out, rows, files, by_hospital)
     return GenerateResult(out, out / "landing", out / "truth", [hospital_id(h) for h in range(hospitals)], files,
