@@ -176,7 +176,12 @@ def test_a_new_dialect_is_onboarded_by_a_contract_alone_and_quarantine_over_thre
     common = ["--conf-dir", str(conf), "--root", root, "--landing", str(landing)]
 
     assert main(["validate-source", "--hospital", "H09", *common]) == 0
-    assert "validate-source H09: PASS" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "validate-source H09: PASS" in captured.out
+    profiled = [json.loads(line) for line in captured.err.splitlines() if line.startswith('{"event": "step"')]
+    assert [(e["stage"], e.get("item"), e.get("done"), e.get("total"), e.get("rows")) for e in profiled] == [
+        ("list", "H09: 2 files to profile, 0 unmatched", None, None, None),
+        ("profile", "encounter", 1, 2, 1), ("profile", "patient", 2, 2, 3)]
     assert main(["ingest", *common]) == 0
     captured = capsys.readouterr()
     assert "== ingest succeeded" in captured.out
