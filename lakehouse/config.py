@@ -509,6 +509,13 @@ class ModelSpec(Strict):
     min_instances_per_node: PositiveInt = 20
 
 
+# the ModelSpec fields each learner uses (lakehouse.ml.train.fit passes these; docs/tasks.md lists them)
+LEARNER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "logistic_regression": ("reg_param", "elastic_net_param", "max_iter"),
+    "gbt": ("max_iter", "max_depth", "step_size", "subsampling_rate", "min_instances_per_node"),
+}
+
+
 class Promotion(Strict):
     """The challenger becomes champion when its pooled external AUROC beats the champion's by `margin` and
     its expected calibration error is at most `max_ece_increase` worse."""
@@ -664,14 +671,19 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
 def _read_yaml(file: Path) -> dict[str, Any]:
     if not file.exists():
         raise ConfigError(str(file), "<file>", "file not found")
+    return _parse_yaml(file.read_text(encoding="utf-8"), str(file))
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A YAML mapping (an empty text is an empty one), or a ConfigError naming the source."""
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(str(file), "<yaml>", f"not valid YAML: {err}") from err
+        raise ConfigError(source, "<yaml>", f"not valid YAML: {err}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(str(file), "<top>", "expected a mapping of keys to values")
+        raise ConfigError(source, "<top>", "expected a mapping of keys to values")
     return data
 
 
@@ -786,13 +798,7 @@ def _load_tasks(folder: Path, catalog: FeatureCatalog, cohorts: dict[str, Cohort
 
 def parse_cohort(text: str, source: str = "<text>") -> CohortSpec:
     """A cohort definition from YAML text (a notebook's draft), validated as conf/cohorts files are."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(source, "<yaml>", f"not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(source, "<top>", "expected a mapping of keys to values")
-    return _validate(CohortSpec, data, {}, source)
+    return _validate(CohortSpec, _parse_yaml(text, source), {}, source)
 
 
 def _load_cohorts(folder: Path) -> dict[str, CohortSpec]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from lakehouse import catalog
 from lakehouse.catalog import TableRef
-from lakehouse.config import Settings, load_settings
+from lakehouse.config import LEARNER_PARAMETERS, Settings, load_settings
+from lakehouse.ml.model_card import describe_index, describe_outcome, markdown_table
 
 PROJECT = Path(__file__).resolve().parents[1]
 DOCS = PROJECT / "docs"
@@ -39,24 +40,27 @@ VOCABULARY_USE = {
 }
 
 
-MODEL_PARAMETERS = {"logistic_regression": ("reg_param", "elastic_net_param", "max_iter"),
-                    "gbt": ("max_iter", "max_depth", "step_size", "subsampling_rate", "min_instances_per_node")}
+def catalog_tables() -> list[TableRef]:
+    """Every TableRef lakehouse/catalog.py defines (alone or in a dict, list or tuple), in definition order."""
+    found: dict[str, TableRef] = {}
+    for value in vars(catalog).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+        found.update((ref.qualified, ref) for ref in items if isinstance(ref, TableRef) and ref.qualified not in found)
+    return list(found.values())
 
 
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]]
+def _vocabulary_use(file: str) -> str:
+    if file not in VOCABULARY_USE:
+        raise KeyError(f"conf/vocab/{file} is not described: add it to VOCABULARY_USE in lakehouse/docs.py")
+    return VOCABULARY_USE[file]
 
 
 def _describe(ref: TableRef, column_docs: dict[str, str]) -> list[str]:
     lines = [f"### `{ref.qualified}`", "", ref.description or "", ""]
     if ref.keys:
         lines += [f"Key: {', '.join(f'`{k}`' for k in ref.keys)}", ""]
-    lines += _table([[f"`{name}`", f"`{kind}`", column_docs.get(name, "")] for name, kind in ref.fields],
-                    ["column", "type", "meaning"])
+    lines += markdown_table(["column", "type", "meaning"],
+                            [[f"`{name}`", f"`{kind}`", column_docs.get(name, "")] for name, kind in ref.fields])
     return [*lines, ""]
 
 
@@ -71,13 +75,15 @@ def tables_page(settings: Settings) -> str:
     for entity in catalog.ENTITIES:
         lines.append(f"- `bronze.{entity}`: " + ", ".join(f"`{c}`" for c in catalog.BRONZE_COLUMNS[entity]))
     lines += ["", "Lineage columns of every bronze table:", "",
-              *_table([[f"`{n}`", f"`{t}`"] for n, t in bronze.fields if n.startswith("_")], ["column", "type"]), ""]
+              *markdown_table(["column", "type"],
+                              [[f"`{n}`", f"`{t}`"] for n, t in bronze.fields if n.startswith("_")]), ""]
     lines += ["## Silver", ""]
-    for ref in (*catalog.SILVER.values(), catalog.PERSON_LINK, catalog.PERSON_EVENT):
+    tables = catalog_tables()
+    named = list(catalog.SILVER.values())
+    for ref in [*named, *(t for t in tables if t.layer == "silver" and t not in named)]:
         lines += _describe(ref, catalog.SILVER_COLUMN_DOCS)
     lines += ["## Gold", ""]
-    for ref in (catalog.TIMELINE, catalog.PATIENT_SUMMARY, catalog.COHORT_ATTRITION, catalog.COHORT_STEPS,
-                catalog.INDICATOR_INPATIENT_DAILY, catalog.INDICATOR_REGISTRY):
+    for ref in (t for t in tables if t.layer == "gold"):
         lines += _describe(ref, {})
     lines += ["Per cohort of `conf/cohorts` (here with the name `<name>`):", "",
               *_describe(catalog.cohort_table("<name>"), {})]
@@ -85,10 +91,11 @@ def tables_page(settings: Settings) -> str:
               *_describe(catalog.features_table("<task>", ["<feature>"]), {}),
               *_describe(catalog.predictions_table("<task>"), {})]
     lines += ["## Operations", ""]
-    for ref in (catalog.JOB_RUN, catalog.INGEST_LEDGER, catalog.QUARANTINE, catalog.DQ_RESULT, catalog.REFINE_STATE):
+    for ref in (t for t in tables if t.layer == "ops"):
         lines += _describe(ref, {})
-    lines += ["## Vault", "", "Readable by the identity role only; see [privacy.md](privacy.md).", "",
-              *_describe(catalog.IDENTITY, {})]
+    lines += ["## Vault", "", "Readable by the identity role only; see [privacy.md](privacy.md).", ""]
+    for ref in (t for t in tables if t.layer == "vault"):
+        lines += _describe(ref, {})
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -103,15 +110,16 @@ def quality_page(settings: Settings) -> str:
     for name, table in sorted(settings.dq.items()):
         lines += [f"## silver.{name}", ""]
         if table.rules:
-            lines += [*_table([[f"`{r.name}`", r.description, r.category, r.severity, r.action, r.threshold,
-                                f"`{' '.join(r.expression.split())}`"] for r in table.rules],
-                              ["rule", "what it checks", "category", "severity", "action", "threshold",
-                               "expression (Spark SQL, true for a good row)"]), ""]
+            lines += [*markdown_table(["rule", "what it checks", "category", "severity", "action", "threshold",
+                                       "expression (Spark SQL, true for a good row)"],
+                                      [[f"`{r.name}`", r.description, r.category, r.severity, r.action, r.threshold,
+                                        f"`{' '.join(r.expression.split())}`"] for r in table.rules]), ""]
         if table.checks:
-            lines += [*_table([[f"`{c.name}`", c.description, c.kind, ", ".join(c.columns), c.references or "",
-                                c.category, c.severity, c.threshold] for c in table.checks],
-                              ["table check", "what it checks", "kind", "columns", "references", "category",
-                               "severity", "threshold"]), ""]
+            lines += [*markdown_table(["table check", "what it checks", "kind", "columns", "references", "category",
+                                       "severity", "threshold"],
+                                      [[f"`{c.name}`", c.description, c.kind, ", ".join(c.columns),
+                                        c.references or "", c.category, c.severity, c.threshold]
+                                       for c in table.checks]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -124,14 +132,14 @@ def vocabularies_page(settings: Settings) -> str:
             reader = csv.reader(handle)
             header = next(reader)
             count = sum(1 for _ in reader)
-        rows.append([f"`{file.name}`", VOCABULARY_USE.get(file.name, ""), ", ".join(f"`{h}`" for h in header), count])
+        rows.append([f"`{file.name}`", _vocabulary_use(file.name), ", ".join(f"`{h}`" for h in header), count])
     lines = [GENERATED.format(source="conf/vocab"), "", "# Vocabularies", "",
              f"Version **{version}** (`conf/vocab/VERSION`). Mappings are data: a hospital's new local code is a "
              "new line in a CSV file, not code. Every coded silver row records the `vocab_version` that mapped "
              "it; when the version changes, the next `lakehouse refine` re-maps every silver row (a full pass, "
              "recorded in the tables' Delta history as `vocab <version>`). `lakehouse vocab-coverage` shows the "
              "share of codes mapped per hospital and entity and the most frequent unmapped codes.", "",
-             *_table(rows, ["file", "what it maps", "columns", "rows"])]
+             *markdown_table(["file", "what it maps", "columns", "rows"], rows)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -144,13 +152,9 @@ def tasks_page(settings: Settings) -> str:
              "train` validates and registers `models:/<model_name>`, `lakehouse score` writes "
              "`gold.predictions_<task>`.", ""]
     for name, task in sorted(settings.tasks.items()):
-        index = task.index.event.replace("_", " ") + (f" + {task.index.offset_hours} h" if task.index.offset_hours
-                                                      else "")
-        outcome = (f"an admission within {task.outcome.window_days} days" if task.outcome.kind == "admission"
-                   else "death before the stay ends")
         windows = ", ".join(f"`{w.name}` ({w.hours} h before the index" +
                             (f", ending {-w.end_hours} h before it)" if w.end_hours else ")") for w in task.lookback)
-        models = "; ".join(f"{m.type} ({', '.join(f'{k}={getattr(m, k)}' for k in MODEL_PARAMETERS[m.type])})"
+        models = "; ".join(f"{m.type} ({', '.join(f'{k}={getattr(m, k)}' for k in LEARNER_PARAMETERS[m.type])})"
                            for m in task.models)
         age = task.eligibility.age
         bounds = [] if age is None else [f"{word} {bound:g}" for word, bound in (("aged at least", age.min),
@@ -158,13 +162,14 @@ def tasks_page(settings: Settings) -> str:
         ages = " and ".join(bounds) or "any age"
         rows = [["description", task.description], ["registered model", f"`{task.model_name}`"],
                 ["eligible", ages + (f", in cohort `{task.eligibility.cohort}`" if task.eligibility.cohort else "")],
-                ["index", index], ["outcome", outcome], ["exclusions", ", ".join(task.exclusions) or "none"],
+                ["index", describe_index(task)], ["outcome", describe_outcome(task)],
+                ["exclusions", ", ".join(task.exclusions) or "none"],
                 ["look-back windows", windows], ["feature sets", ", ".join(task.feature_sets)],
                 ["features", f"{len(task.features)} (e.g. {', '.join(f'`{f}`' for f in task.features[:4])})"],
                 ["models", models], ["validation", task.validation],
                 ["promotion", f"pooled external AUROC above the champion's + {task.promotion.margin}, ECE at most "
                               f"the champion's + {task.promotion.max_ece_increase}"]]
-        lines += [f"## {name}", "", *_table(rows, ["", ""]), ""]
+        lines += [f"## {name}", "", *markdown_table(["", ""], rows), ""]
     labs = ", ".join(f"`{n}` ({c})" for n, c in catalog_.labs.codes.items())
     vitals = ", ".join(f"`{n}` ({c})" for n, c in catalog_.vitals.codes.items())
     lines += ["## Feature sets (`conf/features.yaml`)", "",

@@ -9,20 +9,39 @@ from lakehouse.io import Written
 METRICS = ("n", "positives", "auroc", "auprc", "brier", "calibration_slope", "calibration_intercept", "ece")
 
 
-def _table(metrics: dict, groups: list[str]) -> list[str]:
-    lines = ["| group | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table; a cell's `|` is escaped and a line break becomes a space."""
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]]
+
+
+def describe_index(task: TaskSpec) -> str:
+    """The prediction moment in words, e.g. `inpatient admission + 24 h`."""
+    return task.index.event.replace("_", " ") + (f" + {task.index.offset_hours} h" if task.index.offset_hours else "")
+
+
+def describe_outcome(task: TaskSpec) -> str:
+    """The outcome in words (see TaskOutcome)."""
+    if task.outcome.kind == "admission":
+        return f"an inpatient admission within {task.outcome.window_days} days"
+    return "death before the index stay ends"
+
+
+def _metrics_table(metrics: dict, groups: list[str]) -> list[str]:
+    rows = []
     for group in groups:
         values = metrics[group].as_dict()
-        cells = [f"{int(values[m]):,}" if m in ("n", "positives") else f"{values[m]:.3f}" for m in METRICS]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([group, *(f"{int(values[m]):,}" if m in ("n", "positives") else f"{values[m]:.3f}"
+                              for m in METRICS)])
+    return markdown_table(["group", *METRICS], rows)
 
 
 def model_card(task: TaskSpec, source: Written, counts, folds, reports, best) -> str:
     """Markdown for the registered model (`best`, one of `reports`, each an external validation)."""
-    index = task.index.event.replace("_", " ") + (f" + {task.index.offset_hours} h" if task.index.offset_hours else "")
-    outcome = (f"an inpatient admission within {task.outcome.window_days} days" if task.outcome.kind == "admission"
-               else "death before the index stay ends")
+    index, outcome = describe_index(task), describe_outcome(task)
     groups = sorted(best.metrics, key=lambda g: (g != "pooled", g))
     excluded = ", ".join(f"{f.held_out}: {f.excluded_persons}" for f in folds if f.excluded_persons)
     lines = [
@@ -44,14 +63,13 @@ def model_card(task: TaskSpec, source: Written, counts, folds, reports, best) ->
            if excluded else "") + ".",
         "",
         "## Performance on held-out data (external validation)",
-        *_table(best.metrics, groups),
+        *_metrics_table(best.metrics, groups),
         "",
         "## Compared models (pooled external validation)",
-        "| model | AUROC | AUPRC | Brier | calibration slope | ECE |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {r.spec.type} | {r.metrics['pooled'].auroc:.3f} | {r.metrics['pooled'].auprc:.3f} | "
-          f"{r.metrics['pooled'].brier:.4f} | {r.metrics['pooled'].calibration_slope:.3f} | "
-          f"{r.metrics['pooled'].ece:.4f} |" for r in reports],
+        *markdown_table(["model", "AUROC", "AUPRC", "Brier", "calibration slope", "ECE"],
+                        [[r.spec.type, f"{r.metrics['pooled'].auroc:.3f}", f"{r.metrics['pooled'].auprc:.3f}",
+                          f"{r.metrics['pooled'].brier:.4f}", f"{r.metrics['pooled'].calibration_slope:.3f}",
+                          f"{r.metrics['pooled'].ece:.4f}"] for r in reports]),
         "",
         "## Most important features",
         *[f"- {name}: {value:.3f}" for name, value in list(best.importance.items())[:15]],
