@@ -2,7 +2,8 @@
 
 Notebooks hold no logic of their own: every number they show comes from a function here (or from the
 pipeline), so the same number is tested and reachable from a plain Python session. Everything that
-reaches the driver is bounded: per layer, hospital, rule, cohort member series, or one person.
+reaches the driver is bounded: per layer, hospital, rule, decile, 90-day bin, a fixed-size sample of a
+cohort's members, or one person.
 
 Plots use a bare matplotlib `Figure` (no pyplot state): a notebook displays the returned figure.
 """
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import io
-from lakehouse.catalog import DQ_RESULT, LAB_RESULT, PATIENT_SUMMARY, TIMELINE
+from lakehouse.catalog import LAB_RESULT, PATIENT_SUMMARY, QUARANTINE, TIMELINE
 from lakehouse.config import Settings, load_settings
-from lakehouse.gold.timeline import ADMISSION, DISCHARGE, person_timeline
+from lakehouse.gold.timeline import ADMISSION, DISCHARGE, LOINC_PREFIX, VISIT_PREFIX, person_timeline
 
 ENV_CONF, ENV_ENV = "LAKEHOUSE_CONF_DIR", "LAKEHOUSE_ENV"
 
@@ -57,18 +58,23 @@ def table_counts(spark: SparkSession, settings: Settings) -> pd.DataFrame:
                          for t in tables(spark, settings.root)])
 
 
+DQ_RATE_COLUMNS = ["hospital_id", "table", "rules", "rules_failed", "checks", "failed", "pass_rate"]
+
+
 def dq_pass_rates(spark: SparkSession, root: str) -> pd.DataFrame:
-    """Per hospital and silver table, from the latest refine run that checked them: the rules checked and
-    failed, and the share of row checks that passed (rules x hospitals: small)."""
-    results = io.read(spark, DQ_RESULT, root)
-    every = Window.partitionBy("table", "hospital_id")
-    latest = (results.withColumn("_last", F.max("evaluated_at").over(every))
-              .where(F.col("evaluated_at") == F.col("_last")))
+    """Per hospital and silver table, from the latest refine run (as `lakehouse dq-report` picks it): the
+    rules and table checks evaluated and failed, and the share of row checks that passed (rules x hospitals:
+    small). No rows before a refine has recorded results."""
+    from lakehouse.silver.report import latest_results
+
+    latest = latest_results(spark, root)
+    if latest is None:
+        return pd.DataFrame(columns=DQ_RATE_COLUMNS)
     return (latest.groupBy("hospital_id", "table")
             .agg(F.count("*").alias("rules"), F.count(F.when(F.col("status") == "fail", 1)).alias("rules_failed"),
                  F.sum("checked_rows").alias("checks"), F.sum("failed_rows").alias("failed"))
             .withColumn("pass_rate", 1 - F.col("failed") / F.col("checks"))
-            .orderBy("hospital_id", "table").toPandas())
+            .select(*DQ_RATE_COLUMNS).orderBy("hospital_id", "table").toPandas())
 
 
 def plot_layers(counts: pd.DataFrame):
@@ -81,6 +87,11 @@ def plot_layers(counts: pd.DataFrame):
 
 def plot_dq(rates: pd.DataFrame):
     """A heatmap: hospitals x silver tables, coloured by pass rate."""
+    if rates.empty:
+        figure, axes = _figure(6, 2)
+        axes.text(0.5, 0.5, "no data-quality results yet: run `lakehouse refine`", ha="center", va="center")
+        axes.axis("off")
+        return figure
     grid = rates.pivot(index="hospital_id", columns="table", values="pass_rate")
     figure, axes = _figure(max(6, len(grid.columns)), 3 + 0.3 * len(grid))
     image = axes.imshow(grid.to_numpy(), vmin=min(0.9, float(grid.min().min())), vmax=1.0, cmap="RdYlGn",
@@ -94,12 +105,27 @@ def plot_dq(rates: pd.DataFrame):
     return figure
 
 
+QUARANTINE_COLUMNS = ["hospital_id", "layer", "reason", "count"]
+
+
+def quarantine_reasons(spark: SparkSession, root: str, top: int = 15) -> pd.DataFrame:
+    """The `top` most frequent (hospital, layer, reason) of ops.quarantine with their record counts (`top`
+    rows reach the driver); no rows before anything was quarantined."""
+    if not io.exists(spark, QUARANTINE, root):
+        return pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    return (io.read(spark, QUARANTINE, root).groupBy("hospital_id", "layer", "reason").count()
+            .orderBy(F.col("count").desc(), "hospital_id", "layer", "reason").limit(top)
+            .select(*QUARANTINE_COLUMNS).toPandas())
+
+
 # --- 2. one person --------------------------------------------------------------------------------
 
 def well_documented_person(spark: SparkSession, root: str, min_hospitals: int = 2) -> str:
-    """A person seen at `min_hospitals` or more hospitals with the most lab results (for a tour)."""
+    """A person seen at `min_hospitals` or more hospitals with the most LOINC-coded lab results (for a tour;
+    vital signs, LOINC-coded too, do not count)."""
     summary = io.read(spark, PATIENT_SUMMARY, root).where(F.size("hospitals") >= min_hospitals)
-    labs = (io.read(spark, TIMELINE, root).where(F.col("code").startswith("LOINC//"))
+    labs = (io.read(spark, TIMELINE, root)
+            .where((F.col("source_table") == LAB_RESULT.qualified) & F.col("code").startswith(LOINC_PREFIX))
             .join(summary.select("person_key"), "person_key", "left_semi")
             .groupBy("person_key").count())
     best = labs.orderBy(F.col("count").desc(), "person_key").first()
@@ -124,10 +150,10 @@ def stays(events: pd.DataFrame) -> pd.DataFrame:
 def plot_timeline(events: pd.DataFrame, labs: list[str] | None = None, max_labs: int = 4):
     """Top: inpatient stays as spans, one row per hospital. Below: the person's most frequent lab tests
     (or `labs`, LOINC codes, vital signs too) over time, coloured by the hospital that measured them."""
-    lab_rows = events[events["code"].str.startswith("LOINC//") & events["numeric_value"].notna()]
+    lab_rows = events[events["code"].str.startswith(LOINC_PREFIX) & events["numeric_value"].notna()]
     if labs is None and (lab_rows["source_table"] == LAB_RESULT.qualified).any():
         lab_rows = lab_rows[lab_rows["source_table"] == LAB_RESULT.qualified]
-    codes = labs or lab_rows["code"].str.removeprefix("LOINC//").value_counts().index[:max_labs].tolist()
+    codes = labs or lab_rows["code"].str.removeprefix(LOINC_PREFIX).value_counts().index[:max_labs].tolist()
     figure, all_axes = _figure(11, 2 + 2.2 * len(codes), rows=1 + len(codes), sharex=True)
     axes = all_axes if len(codes) else [all_axes]
     spans = stays(events)
@@ -138,13 +164,13 @@ def plot_timeline(events: pd.DataFrame, labs: list[str] | None = None, max_labs:
         for stay in mine.itertuples():
             end = stay.discharged if pd.notna(stay.discharged) else events["time"].max()
             axes[0].plot([stay.admitted, end], [row, row], linewidth=8, solid_capstyle="butt", color=colours[hospital])
-        visits = events[(events["hospital_id"] == hospital) & events["code"].str.startswith("VISIT//")]
+        visits = events[(events["hospital_id"] == hospital) & events["code"].str.startswith(VISIT_PREFIX)]
         axes[0].scatter(visits["time"], [row] * len(visits), marker="|", s=120, color=colours[hospital])
     axes[0].set_yticks(range(len(hospitals)), hospitals)
     axes[0].set_ylim(-0.8, len(hospitals) - 0.2)
     axes[0].set_title("Encounters: inpatient stays as spans, visits as ticks")
     for ax, code in zip(axes[1:], codes, strict=True):
-        series = lab_rows[lab_rows["code"] == f"LOINC//{code}"]
+        series = lab_rows[lab_rows["code"] == f"{LOINC_PREFIX}{code}"]
         for hospital, points in series.groupby("hospital_id"):
             ax.plot(points["time"], points["numeric_value"], marker="o", markersize=4, linewidth=0.8,
                     color=colours.get(hospital), label=hospital)
@@ -158,41 +184,73 @@ def plot_timeline(events: pd.DataFrame, labs: list[str] | None = None, max_labs:
 
 def cohort_from_yaml(spark: SparkSession, settings: Settings, text: str,
                      as_of=None) -> tuple[DataFrame, pd.DataFrame]:
-    """Try a cohort definition without writing anything: its members (a DataFrame) and its attrition table.
-    The definition is validated as conf/cohorts files are; save it there to have `build` keep it."""
-    from lakehouse.catalog import ENCOUNTER, PERSON
+    """Try a cohort definition without writing anything: its members (a DataFrame, evaluated once and kept
+    on the executors) and its attrition table. Evaluated as `build` evaluates conf/cohorts files (the same
+    validation, as-of day and inputs); save it there to have `build` keep it."""
     from lakehouse.config import parse_cohort
-    from lakehouse.gold.build import as_of_day
-    from lakehouse.gold.cohort import attrition, evaluate
+    from lakehouse.gold.build import evaluate_cohort, silver_tables
 
     spec = parse_cohort(text, "notebook cohort")
-    timeline = io.read(spark, TIMELINE, settings.root)
-    as_of = as_of or as_of_day(settings, timeline, spec)
-    result = evaluate(spec, timeline, io.read(spark, ENCOUNTER, settings.root), io.read(spark, PERSON, settings.root),
-                      as_of)
-    steps = attrition(spark, spec, result.steps, as_of).select("step", "criterion", "kind", "persons", "index_events")
-    return result.members, steps.toPandas()
+    cohort = evaluate_cohort(settings, spec, io.read(spark, TIMELINE, settings.root), silver_tables(spark, settings),
+                             as_of)
+    members = cohort.members.localCheckpoint()  # read again by every summary of the draft
+    steps = cohort.attrition(spark).select("step", "criterion", "kind", "persons", "index_events")
+    return members, steps.toPandas()
 
 
-def series_long(members: DataFrame, series: str) -> pd.DataFrame:
-    """A cohort's series (e.g. hba1c) as rows: person_key, days from the index, value, unit (a cohort's
-    members' values of one lab: small)."""
+@dataclass(frozen=True)
+class Trajectories:
+    """A cohort's series (e.g. hba1c), summarised in Spark. `values`: every value of every member; `kept`:
+    those in the asked range. `median`: per bin of `bin_days` days from the index (the bin's start), the
+    median of every member's kept values and how many there are. `points`: the kept values (person_key,
+    days_from_index, value, unit) of at most `max_members` members, the same ones every run."""
+
+    values: int
+    kept: int
+    median: pd.DataFrame
+    points: pd.DataFrame
+    bin_days: int
+    max_members: int
+
+
+def trajectories(members: DataFrame, series: str, within: tuple[float, float] | None = None, bin_days: int = 90,
+                 max_members: int = 200) -> Trajectories:
+    """A cohort's `series` against days from each member's index event, values outside `within` (low, high)
+    set aside. Reaching the driver: one row per bin, and the values of `max_members` members chosen by a
+    hash of their person_key (whatever the cohort's size)."""
     point = F.explode(F.col("series")[series]).alias("point")
-    return (members.select("person_key", "index_time", point)
-            .select("person_key", (F.unix_timestamp("point.time") - F.unix_timestamp("index_time"))
-                    .alias("seconds"), F.col("point.value").alias("value"), F.col("point.unit").alias("unit"))
-            .withColumn("days_from_index", F.round(F.col("seconds") / 86400, 1)).drop("seconds")
-            .orderBy("person_key", "days_from_index").toPandas())
+    days = F.round((F.unix_timestamp("point.time") - F.unix_timestamp("index_time")) / 86400, 1)
+    long = (members.select("person_key", "index_time", point)
+            .select("person_key", days.alias("days_from_index"), F.col("point.value").alias("value"),
+                    F.col("point.unit").alias("unit")))
+    keep = F.col("value").between(*within) if within else F.lit(True)
+    bins = (long.groupBy((F.floor(F.col("days_from_index") / bin_days) * bin_days).alias("days_from_index"))
+            .agg(F.count("*").alias("all"), F.count(F.when(keep, 1)).alias("values"),
+                 F.median(F.when(keep, F.col("value"))).alias("median"))
+            .toPandas())  # one row per bin: bounded by the series' window, not by the cohort
+    median = (bins[(bins["values"] > 0) & bins["days_from_index"].notna()]
+              .sort_values("days_from_index")[["days_from_index", "median", "values"]].reset_index(drop=True))
+    kept = long.where(keep)
+    chosen = (kept.select("person_key").distinct()
+              .orderBy(F.xxhash64("person_key"), "person_key").limit(max_members))
+    points = (kept.join(chosen, "person_key", "left_semi")
+              .orderBy("person_key", "days_from_index").toPandas())  # `max_members` members' values
+    return Trajectories(int(bins["all"].sum()), int(bins["values"].sum()), median, points, bin_days, max_members)
 
 
-def plot_trajectories(points: pd.DataFrame, title: str, ylabel: str):
-    """Each member's values against days from the index, and the median per 90-day bin."""
+def plot_trajectories(series: Trajectories, title: str, ylabel: str):
+    """The sampled members' values against days from the index (grey), and every member's median per bin."""
     figure, axes = _figure(9, 5)
-    for _, member in points.groupby("person_key"):
-        axes.plot(member["days_from_index"], member["value"], color="grey", alpha=0.25, linewidth=0.8)
-    if len(points):
-        binned = points.assign(bin=(points["days_from_index"] // 90) * 90).groupby("bin")["value"].median()
-        axes.plot(binned.index, binned.to_numpy(), color="C3", linewidth=2.5, marker="o", label="median per 90 days")
+    points = series.points
+    shown = points["person_key"].nunique()
+    for i, (_, member) in enumerate(points.groupby("person_key")):
+        axes.plot(member["days_from_index"], member["value"], color="grey", alpha=0.25, linewidth=0.8,
+                  label=(f"{shown} members" + (" (a sample)" if shown >= series.max_members else "")) if i == 0
+                  else None)
+    if len(series.median):
+        axes.plot(series.median["days_from_index"], series.median["median"], color="C3", linewidth=2.5, marker="o",
+                  label=f"median per {series.bin_days} days, every member")
+    if shown or len(series.median):
         axes.legend(loc="upper left")
     axes.axvline(0, color="black", linestyle=":")
     axes.set(title=title, xlabel="days from the index event", ylabel=ylabel)
@@ -217,12 +275,21 @@ def runs_of(settings: Settings, task: str) -> pd.DataFrame:
     return pd.concat([runs.assign(kind="training"), children.assign(kind="validation")], ignore_index=True)
 
 
-def hospital_table(runs: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
-    """Validation runs x hospitals: the external `metric` of each held-out hospital."""
+def hospitals_of(runs: pd.DataFrame, metric: str = "auroc") -> list[str]:
+    """The held-out hospitals the validation runs report `metric` for: `hospital_table`'s hospital columns."""
     validation = runs[runs["kind"] == "validation"]
-    columns = sorted(c for c in validation.columns if c.startswith("metrics.hospital/") and c.endswith(f"/{metric}"))
-    table = validation[["tags.mlflow.runName", "run_id", "metrics.pooled/auroc", *columns]].copy()
-    table.columns = ["model", "run_id", "pooled_auroc", *[c.split("/")[1] for c in columns]]
+    return sorted(c.split("/")[1] for c in validation.columns
+                  if c.startswith("metrics.hospital/") and c.endswith(f"/{metric}"))
+
+
+def hospital_table(runs: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Validation runs x hospitals: model, run_id, pooled_<metric>, then the external `metric` of each
+    held-out hospital, one column per hospital (`hospitals_of`)."""
+    validation = runs[runs["kind"] == "validation"]
+    hospitals = hospitals_of(runs, metric)
+    table = validation[["tags.mlflow.runName", "run_id", f"metrics.pooled/{metric}",
+                        *[f"metrics.hospital/{h}/{metric}" for h in hospitals]]].copy()
+    table.columns = ["model", "run_id", f"pooled_{metric}", *hospitals]
     return table.reset_index(drop=True)
 
 
@@ -238,19 +305,40 @@ def artifact_image(run_id: str, path: str):
     return figure
 
 
+def predictions_by_hospital(predictions: DataFrame) -> pd.DataFrame:
+    """Per hospital: index events scored, mean and 90th-percentile (approximate) risk (one row per hospital)."""
+    return (predictions.groupBy("hospital_id")
+            .agg(F.count("*").alias("scored"), F.avg("probability").alias("mean_risk"),
+                 F.percentile_approx("probability", 0.9).alias("p90_risk"))
+            .orderBy("hospital_id").toPandas())
+
+
 def risk_deciles(predictions: DataFrame, features: DataFrame) -> pd.DataFrame:
     """Predicted vs observed risk by decile of predicted risk, for the index events whose label is known
     (decile edges from an approximate percentile: ten rows reach the driver, whatever the region)."""
     keys = ["person_key", "encounter_key", "index_time"]
-    known = predictions.join(features.where(F.col("label").isNotNull()).select(*keys, "label"), keys)
-    edges = known.agg(F.percentile_approx("probability", [i / 10 for i in range(1, 10)]).alias("e")).first().e
-    if edges is None:
-        return pd.DataFrame(columns=["decile", "index_events", "predicted", "observed"])
-    decile = sum((F.col("probability") > edge).cast("int") for edge in edges) + 1
-    return (known.withColumn("decile", decile).groupBy("decile")
-            .agg(F.count("*").alias("index_events"), F.avg("probability").alias("predicted"),
-                 F.avg("label").alias("observed"))
-            .orderBy("decile").toPandas())
+    known = predictions.join(features.where(F.col("label").isNotNull()).select(*keys, "label"), keys).persist()
+    try:  # read twice: the edges, then the deciles
+        edges = known.agg(F.percentile_approx("probability", [i / 10 for i in range(1, 10)]).alias("e")).first().e
+        if edges is None:
+            return pd.DataFrame(columns=["decile", "index_events", "predicted", "observed"])
+        decile = sum((F.col("probability") > edge).cast("int") for edge in edges) + 1
+        return (known.withColumn("decile", decile).groupBy("decile")
+                .agg(F.count("*").alias("index_events"), F.avg("probability").alias("predicted"),
+                     F.avg("label").alias("observed"))
+                .orderBy("decile").toPandas())
+    finally:
+        known.unpersist()
+
+
+def plot_deciles(deciles: pd.DataFrame, title: str):
+    """Observed rate against mean predicted risk per decile (`risk_deciles`), with the diagonal."""
+    figure, axes = _figure(6, 5)
+    axes.plot(deciles["predicted"], deciles["observed"], marker="o", label="deciles")
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    top = float(max(deciles["predicted"].max(), deciles["observed"].max()) * 1.1) if len(deciles) else 1.0
+    axes.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted risk", ylabel="observed rate", title=title)
+    return figure
 
 
 def _figure(width: float, height: float, rows: int = 1, sharex: bool = False):

@@ -60,17 +60,20 @@ def checks(notebook) -> dict:
     raise LookupError("no cell tagged 'checks'")
 
 
+def _with_outputs(notebook) -> bool:
+    return any(c.get("outputs") or c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
+
+
 def has_outputs(path: Path) -> bool:
     nbformat, _ = _nbformat()
-    notebook = nbformat.read(path, as_version=4)
-    return any(c.get("outputs") or c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
+    return _with_outputs(nbformat.read(path, as_version=4))
 
 
 def strip(path: Path) -> bool:
     """Remove outputs and execution counts; True if the file changed."""
     nbformat, _ = _nbformat()
     notebook = nbformat.read(path, as_version=4)
-    if not any(c.get("outputs") or c.get("execution_count") for c in notebook.cells if c.cell_type == "code"):
+    if not _with_outputs(notebook):
         return False
     for cell in notebook.cells:
         if cell.cell_type == "code":

@@ -138,29 +138,59 @@ def _previous_as_of(spark: SparkSession, ref, root: str, where: str | None = Non
     return row[0] if row else None
 
 
-def run_cohort(spark: SparkSession, settings: Settings, spec: CohortSpec, timeline: DataFrame,
-               silver: dict[str, DataFrame], as_of: dt.date | None = None,
-               touched: DataFrame | None = None) -> tuple[DataFrame, list[Written]]:
-    """gold.cohort_<name>, its gold.cohort_steps rows and its gold.cohort_attrition rows: all of them, or with
-    `touched` only those persons' (the as-of day must be the one the cohort was last built with)."""
+@dataclass(frozen=True)
+class EvaluatedCohort:
+    """A cohort definition evaluated on the timeline, nothing written: its members (gold.cohort_<name> rows)
+    and per-person steps (gold.cohort_steps rows), both lazy, and the as-of day they count from."""
+
+    spec: CohortSpec
+    as_of: dt.date
+    members: DataFrame
+    steps: DataFrame
+
+    def attrition(self, spark: SparkSession) -> DataFrame:
+        """The attrition of these steps (gold.cohort_attrition rows: one small row per step)."""
+        return attrition(spark, self.spec, self.steps, self.as_of)
+
+
+def evaluate_cohort(settings: Settings, spec: CohortSpec, timeline: DataFrame, silver: dict[str, DataFrame],
+                    as_of: dt.date | None = None, touched: DataFrame | None = None) -> EvaluatedCohort:
+    """The cohort's members and steps (only `touched` persons' when given) as of `as_of`, else the
+    cohort's own as_of, gold.as_of or the day after the data ends."""
     as_of = as_of or as_of_day(settings, timeline, spec)
-    root, ref = settings.root, cohort_table(spec.name)
     encounters, persons = silver[ENCOUNTER.name], silver[PERSON.name]
     if touched is not None:
         timeline, encounters, persons = (df.join(touched, "person_key", "left_semi")
                                          for df in (timeline, encounters, persons))
     result = evaluate(spec, timeline, encounters, persons, as_of)
+    return EvaluatedCohort(spec, as_of, result.members, result.steps)
+
+
+def write_cohort(spark: SparkSession, settings: Settings, cohort: EvaluatedCohort,
+                 touched: DataFrame | None = None) -> tuple[DataFrame, list[Written]]:
+    """Write an evaluated cohort: gold.cohort_<name> and its gold.cohort_steps rows (all of them, or with
+    `touched` only those persons'), then its attrition from every step on record."""
+    spec, root, ref = cohort.spec, settings.root, cohort_table(cohort.spec.name)
     mine = f"cohort = '{spec.name}'"  # a name is [a-z0-9_]
     if touched is None:
-        written = [io.overwrite(spark, result.members, ref, root),
-                   io.replace_where(spark, result.steps, COHORT_STEPS, root, mine)]
+        written = [io.overwrite(spark, cohort.members, ref, root),
+                   io.replace_where(spark, cohort.steps, COHORT_STEPS, root, mine)]
     else:
-        written = [io.replace_groups(spark, result.members, ref, root, touched, PERSON_KEY),
-                   io.replace_groups(spark, result.steps, COHORT_STEPS, root,
+        written = [io.replace_groups(spark, cohort.members, ref, root, touched, PERSON_KEY),
+                   io.replace_groups(spark, cohort.steps, COHORT_STEPS, root,
                                      touched.withColumn("cohort", F.lit(spec.name)), ("cohort", "person_key"))]
-    table = attrition(spark, spec, io.read(spark, COHORT_STEPS, root).where(mine), as_of)
+    table = attrition(spark, spec, io.read(spark, COHORT_STEPS, root).where(mine), cohort.as_of)
     written.append(io.replace_where(spark, table, COHORT_ATTRITION, root, mine))
     return table, written
+
+
+def run_cohort(spark: SparkSession, settings: Settings, spec: CohortSpec, timeline: DataFrame,
+               silver: dict[str, DataFrame], as_of: dt.date | None = None,
+               touched: DataFrame | None = None) -> tuple[DataFrame, list[Written]]:
+    """gold.cohort_<name>, its gold.cohort_steps rows and its gold.cohort_attrition rows: all of them, or with
+    `touched` only those persons' (the as-of day must be the one the cohort was last built with)."""
+    cohort = evaluate_cohort(settings, spec, timeline, silver, as_of, touched)
+    return write_cohort(spark, settings, cohort, touched)
 
 
 def build(spark: SparkSession, settings: Settings, previous: dict[str, int] | None = None,

@@ -151,13 +151,16 @@ def _result(run_id: str, table: str, rule: str, kind: str, category: str, severi
     checked, failed = int(checked or 0), int(failed or 0)
     rate = 1.0 if checked == 0 else (checked - failed) / checked
     return (run_id, table, rule, kind, category, severity, action, hospital_id, checked, failed, rate, threshold,
-            "pass" if rate >= threshold else "fail", dt.datetime.now(dt.UTC))
+            "pass" if rate >= threshold else "fail")
 
 
 def write_results(spark: SparkSession, settings: Settings, results: list[tuple]) -> io.Written | None:
+    """Append a run's results, all stamped with one `evaluated_at` (the write's time)."""
     if not results:
         return None
-    return io.append(spark, spark.createDataFrame(results, DQ_RESULT.schema), DQ_RESULT, settings.root)
+    at = dt.datetime.now(dt.UTC)
+    rows = [(*result, at) for result in results]
+    return io.append(spark, spark.createDataFrame(rows, DQ_RESULT.schema), DQ_RESULT, settings.root)
 
 
 def stop_on_fail(results: list[tuple], conf: DqTable | None) -> None:

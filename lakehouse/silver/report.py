@@ -54,16 +54,32 @@ class DqReport:
     failing: list[tuple[str, str, str]]  # (table, rule, hospital) failing in the latest run
 
 
+def recent_runs(results: DataFrame, last_runs: int = 1) -> list[str]:
+    """The run_id of the last `last_runs` refine runs in `results` (ops.dq_result), oldest first; a run is
+    dated by its first result (at most `last_runs` rows reach the driver)."""
+    runs = (results.groupBy("run_id").agg(F.min("evaluated_at").alias("at")).orderBy(F.desc("at"))
+            .limit(last_runs).collect())
+    return [r.run_id for r in sorted(runs, key=lambda r: r.at)]
+
+
+def latest_results(spark: SparkSession, root: str) -> DataFrame | None:
+    """ops.dq_result's rows of the latest refine run (every rule and check of it, per hospital); None when
+    no refine has recorded a result yet."""
+    if not io.exists(spark, DQ_RESULT, root):
+        return None
+    results = io.read(spark, DQ_RESULT, root)
+    order = recent_runs(results)
+    return results.where(F.col("run_id") == order[-1]) if order else None
+
+
 def dq_report(spark: SparkSession, root: str, out: Path, last_runs: int = 30) -> DqReport:
     """Write `out/dq-report.html`: the latest run per hospital and rule, and pass rates across the last runs."""
     if not io.exists(spark, DQ_RESULT, root):
         raise LakehouseError("ops.dq_result does not exist yet: run `lakehouse refine` first")
     results = io.read(spark, DQ_RESULT, root)
-    runs = (results.groupBy("run_id").agg(F.min("evaluated_at").alias("at")).orderBy(F.desc("at"))
-            .limit(last_runs).collect())  # at most `last_runs` rows
-    if not runs:
+    order = recent_runs(results, last_runs)
+    if not order:
         raise LakehouseError("ops.dq_result is empty: run `lakehouse refine` first")
-    order = [r.run_id for r in sorted(runs, key=lambda r: r.at)]
     latest = results.where(F.col("run_id") == order[-1]).orderBy("table", "rule", "hospital_id").collect()
     trend = (results.where(F.col("run_id").isin(order)).groupBy("run_id", "hospital_id")
              .agg((1 - F.sum("failed_rows") / F.sum("checked_rows")).alias("pass_rate")).collect())
