@@ -18,6 +18,7 @@ from lakehouse.config import Settings, load_settings
 from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.ml import tracking
 from lakehouse.ml.train import PRIMARY_METRIC
+from lakehouse.status import champion_line, table_line
 
 DESCRIPTION = """A regional clinical data lakehouse.
 
@@ -138,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         progress.reset()
         print(f"error: {args.command} failed: {type(err).__name__}: {_first_line(err)}", file=sys.stderr)
-        print("  what to do: the run is logged as failed in ops.job_run (see `lakehouse status`); nothing it "
-              "wrote is half-committed, since every Delta write is one commit. Set LAKEHOUSE_DEBUG=1 for the "
-              "full traceback.", file=sys.stderr)
+        logged = getattr(err, "logged_run", None)  # set by the job run that logged the failure
+        where = (f"{logged} is logged as failed in ops.job_run (see `lakehouse status`)" if logged else
+                 "it failed before any job run was logged")
+        print(f"  what to do: {where}; nothing it wrote is half-committed, since every Delta write is one commit. "
+              "Set LAKEHOUSE_DEBUG=1 for the full traceback.", file=sys.stderr)
         return 1
     finally:
         progress.reset()
@@ -301,16 +304,13 @@ def _run_all(args, settings: Settings) -> int:
 
 def render_report(report: pipeline.PipelineReport, settings: Settings) -> str:
     lines = ["", "== lakehouse run-all summary", f"   root: {settings.root}", "   tables:"]
-    for name, written in sorted(report.tables.items()):
-        lines.append(f"     {name:<36} rows={written.rows:<10} delta_version={written.version}")
+    lines += [f"     {table_line(t)}" for t in report.tables]
     for model in report.models:
         lines.append(f"   trained: {model.model_name} v{model.version} (mlflow run {model.run_id}); "
                      f"external AUROC {model.metrics[PRIMARY_METRIC]:.3f}; {model.decision}")
     if not report.models:
         lines.append("   trained: nothing (features unchanged since the last training; --force retrains)")
-    for name, version in sorted(report.champions.items()):
-        if version is not None:
-            lines.append(f"   registered: models:/{name}@champion = version {version.version} (run {version.run_id})")
+    lines += [f"   registered: {champion_line(c)}" for c in report.champions]
     lines.append(f"   MLflow UI: {tracking.ui_command(settings)}")
     return "\n".join(lines)
 
@@ -364,7 +364,7 @@ def _status(args, settings: Settings) -> int:
 
     from lakehouse.status import status
 
-    found = status(_spark(settings), settings)
+    found = status(_spark(settings, register=False), settings)  # reads the logs, not the tables
     print(json.dumps(found.as_dict(), default=str, indent=2) if args.json else found.render())
     return 0
 

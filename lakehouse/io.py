@@ -6,7 +6,11 @@ Every write registers the table in the session catalog as `<layer>.<name>` and r
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -40,10 +44,39 @@ def read_or_empty(spark: SparkSession, ref: TableRef, root: str) -> DataFrame:
     return spark.createDataFrame([], ref.schema)
 
 
-def latest_version(spark: SparkSession, ref: TableRef, root: str) -> int | None:
-    if not exists(spark, ref, root):
+class Head(NamedTuple):
+    """A table's latest commit."""
+
+    version: int
+    time: dt.datetime  # UTC, naive
+    operation: str
+
+
+COMMIT_FILE = re.compile(r"\d{20}\.json")
+
+
+def head(spark: SparkSession, ref: TableRef, root: str) -> Head | None:
+    """The latest commit, from the newest commit file of the table's log: a listing and one small read, no
+    Spark job (`DeltaTable.history(1)` runs one, ~0.5 s here, and every write and status line asks)."""
+    fs, log = hadoop_path(spark, f"{ref.path(root)}/_delta_log")
+    if not fs.exists(log):
         return None
-    return DeltaTable.forPath(spark, ref.path(root)).history(1).select("version").first()[0]
+    commits = [name for name in (s.getPath().getName() for s in fs.listStatus(log)) if COMMIT_FILE.fullmatch(name)]
+    if not commits:
+        return None
+    newest = max(commits)
+    info = {}
+    for line in read_small_text(spark, f"{ref.path(root)}/_delta_log/{newest}").splitlines():
+        action = json.loads(line)
+        if "commitInfo" in action:
+            info = action["commitInfo"]
+    when = dt.datetime.fromtimestamp(info.get("timestamp", 0) / 1000, dt.UTC).replace(tzinfo=None)
+    return Head(int(newest[:20]), when, info.get("operation", "?"))
+
+
+def latest_version(spark: SparkSession, ref: TableRef, root: str) -> int | None:
+    found = head(spark, ref, root)
+    return found.version if found else None
 
 
 def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
@@ -90,14 +123,25 @@ def hadoop_path(spark: SparkSession, path: str):
     return jvm_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jvm_path  # noqa: SLF001
 
 
-def read_small_text(spark: SparkSession, path: str) -> str:
-    """A small file's text through Hadoop (any URI the session understands), without a Spark job."""
+def read_bytes(spark: SparkSession, path: str, limit: int | None = None, decompress: bool = False) -> bytes:
+    """A small file's bytes (at most `limit`; with `decompress`, decompressed by its suffix as Spark would)
+    through Hadoop, any URI the session understands, on the driver: not a Spark job."""
+    jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
     fs, jvm_path = hadoop_path(spark, path)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(jvm_path) if decompress else None
     stream = fs.open(jvm_path)
     try:
-        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")  # noqa: SLF001
+        if codec is not None:
+            stream = codec.createInputStream(stream)
+        if limit is not None:
+            stream = jvm.org.apache.commons.io.input.BoundedInputStream(stream, limit)
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
+
+
+def read_small_text(spark: SparkSession, path: str) -> str:
+    return read_bytes(spark, path).decode("utf-8")
 
 
 def list_tables(spark: SparkSession, root: str) -> list[TableRef]:

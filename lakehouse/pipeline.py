@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lakehouse import io, secrets
+from lakehouse import io, secrets, status
 from lakehouse.bronze.ingest import ingest
 from lakehouse.catalog import TIMELINE, TableRef, predictions_table
 from lakehouse.config import Settings
@@ -31,9 +31,9 @@ from lakehouse.synth.generator import GenerateResult, GeneratorConfig, generate
 class PipelineReport:
     """What a run-all did: every table (latest state), every model trained, the champions."""
 
-    tables: dict[str, Written] = field(default_factory=dict)
+    tables: list[status.TableState] = field(default_factory=list)
     models: list[TrainResult] = field(default_factory=list)
-    champions: dict = field(default_factory=dict)
+    champions: list[status.Champion] = field(default_factory=list)
 
 
 def check_landing(settings: Settings, landing: str | None, flag: str = "--landing") -> str:
@@ -176,9 +176,7 @@ def run_all(spark: SparkSession, settings: Settings, landing: str, force: bool =
     run_build(spark, settings, force)
     report.models = run_train(spark, settings, None, force)
     run_score(spark, settings, None, force)
-    tables = io.register_all(spark, settings.root)
-    report.tables = {ref.qualified: io.describe(spark, ref, settings.root) for ref in tables}
-    report.champions = {spec.model_name: current(settings, spec) for spec in settings.tasks.values()}
+    report.tables, report.champions = status.tables(spark, settings.root), status.champions(settings)
     return report
 
 

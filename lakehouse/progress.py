@@ -164,6 +164,7 @@ def reset() -> None:
         _watch = None
     _reporter.close()
     _reporter = Reporter()
+    _job.clear()  # a job interrupted between its start and end leaves no name behind
 
 
 class Outcome:

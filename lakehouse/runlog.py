@@ -93,6 +93,8 @@ class JobRun:
                [(w.table, w.version, w.rows) for w in self.outputs], message[:4000])
         try:
             io.append(self.spark, self.spark.createDataFrame([row], JOB_RUN.schema), JOB_RUN, self.settings.root)
+            if exc is not None:
+                exc.logged_run = f"{self.job} run {self.run_id}"  # the CLI's advice points at it
         except Exception as log_err:  # never hide the job's own error behind a logging error
             print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
         seconds = (ended - self.started_at).total_seconds()

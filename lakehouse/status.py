@@ -1,21 +1,21 @@
 """`lakehouse status`: the lakehouse at a glance, and the same facts for notebooks.
 
 Everything here is bounded by the number of tables, jobs, hospitals and tasks (never by the region's
-rows): table row counts come from Delta's file statistics, the rest from small aggregations.
+rows): versions come from each table's newest commit file, row counts from ops.job_run (see `tables`),
+the rest from small aggregations.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 
-from pyspark.sql import SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse import io
-from lakehouse.catalog import JOB_RUN, LAYERS, QUARANTINE, TableRef
+from lakehouse.catalog import JOB_RUN, LAYERS, QUARANTINE
 from lakehouse.config import Settings
 
 
@@ -66,10 +66,7 @@ class Status:
             mine = [t for t in self.tables if t.layer == layer]
             if mine:
                 lines.append(f"  {layer} ({len(mine)} tables)")
-            for t in mine:
-                name = f"{t.layer}.{t.name}"
-                lines.append(f"    {name:<40} rows={t.rows:<10} v{t.version:<5} {t.last_operation:<18} "
-                             f"{t.last_modified:%Y-%m-%d %H:%M}")
+            lines += [f"    {table_line(t)}" for t in mine]
         lines.append("  last runs")
         if not self.runs:
             lines.append("    none logged in ops.job_run")
@@ -82,51 +79,45 @@ class Status:
         for hospital, layers in sorted(self.quarantine.items()):
             lines.append(f"    {hospital:<10} " + ", ".join(f"{k}={v}" for k, v in sorted(layers.items())))
         lines.append("  champions")
-        for c in self.champions:
-            if c.version is None:
-                lines.append(f"    {c.task:<24} {c.model_name}: no champion yet (run `lakehouse train`)")
-            else:
-                auroc = "n/a" if c.auroc is None else f"{c.auroc:.3f}"
-                lines.append(f"    {c.task:<24} models:/{c.model_name}@champion = v{c.version} "
-                             f"(external AUROC {auroc}, run {c.run_id})")
+        lines += [f"    {c.task:<24} {champion_line(c)}" for c in self.champions]
         return "\n".join(lines)
 
 
-COMMIT_FILE = re.compile(r"\d{20}\.json")
+def table_line(t: TableState) -> str:
+    return (f"{t.layer + '.' + t.name:<40} rows={t.rows:<10} v{t.version:<5} {t.last_operation:<18} "
+            f"{t.last_modified:%Y-%m-%d %H:%M}")
 
 
-def _head(spark: SparkSession, ref: TableRef, root: str) -> tuple[int, dt.datetime, str]:
-    """The table's latest version, its time and operation, from the newest commit file of its log."""
-    fs, log = io.hadoop_path(spark, f"{ref.path(root)}/_delta_log")
-    newest = max(s.getPath().getName() for s in fs.listStatus(log) if COMMIT_FILE.fullmatch(s.getPath().getName()))
-    info = {}
-    for line in io.read_small_text(spark, f"{ref.path(root)}/_delta_log/{newest}").splitlines():
-        action = json.loads(line)
-        if "commitInfo" in action:
-            info = action["commitInfo"]
-    when = dt.datetime.fromtimestamp(info.get("timestamp", 0) / 1000, dt.UTC).replace(tzinfo=None)
-    return int(newest[:20]), when, info.get("operation", "?")
+def champion_line(c: Champion) -> str:
+    if c.version is None:
+        return f"{c.model_name}: no champion yet (run `lakehouse train`)"
+    auroc = "n/a" if c.auroc is None else f"{c.auroc:.3f}"
+    return f"models:/{c.model_name}@champion = v{c.version} (external AUROC {auroc}, run {c.run_id})"
 
 
 def tables(spark: SparkSession, root: str) -> list[TableState]:
     """Every Delta table under the root with its latest version, rows and last operation.
 
-    The version, time and operation come from the newest commit file of each table's log. The rows come
-    from ops.job_run, which records the rows of every table version a job wrote; only a table whose
-    latest version no job recorded (written by hand, or by a notebook) is counted, from Delta's file
-    statistics. Reading each table's snapshot instead costs ~2 s a table here."""
-    heads = {ref.qualified: (ref, *_head(spark, ref, root)) for ref in io.list_tables(spark, root)}
-    recorded: dict[str, int] = {}
-    if io.exists(spark, JOB_RUN, root) and heads:
-        current = spark.createDataFrame([(t, v) for t, (_, v, _, _) in heads.items()], "table STRING, version BIGINT")
+    The version, time and operation come from the newest commit file of each table's log (`io.head`). The
+    rows come from ops.job_run, which records the rows of every table version a job wrote; the tables whose
+    latest version no job recorded (ops.job_run itself, a table written by hand or by a notebook) are
+    counted in one Spark job, from Delta's file statistics. Reading each table's snapshot instead costs
+    ~2 s a table here."""
+    heads = {ref.qualified: (ref, io.head(spark, ref, root)) for ref in io.list_tables(spark, root)}
+    rows: dict[str, int] = {}
+    if JOB_RUN.qualified in heads:
+        current = spark.createDataFrame([(t, h.version) for t, (_, h) in heads.items()], "table STRING, version BIGINT")
         written = (io.read(spark, JOB_RUN, root).select(F.explode("outputs").alias("o"))
                    .select("o.table", "o.version", "o.rows").join(current, ["table", "version"])
                    .groupBy("table").agg(F.max("rows").alias("rows")))
-        recorded = {r.table: r.rows for r in written.collect()}  # at most one row per table
-    states = []
-    for name, (ref, version, when, operation) in heads.items():
-        rows = recorded[name] if name in recorded else io.read(spark, ref, root).count()
-        states.append(TableState(ref.layer, ref.name, version, rows, operation, when))
+        rows = {r.table: r.rows for r in written.collect()}  # at most one row per table
+    unrecorded = [io.read(spark, ref, root).select(F.lit(name).alias("table"), F.lit(1).alias("one"))
+                  .groupBy("table").agg(F.count("one").alias("rows")) for name, (ref, _) in heads.items()
+                  if name not in rows]
+    if unrecorded:
+        rows.update({r.table: r.rows for r in reduce(DataFrame.unionByName, unrecorded).collect()})  # a row a table
+    states = [TableState(ref.layer, ref.name, h.version, rows.get(name, 0), h.operation, h.time)
+              for name, (ref, h) in heads.items()]
     return sorted(states, key=lambda t: (LAYERS.index(t.layer), t.name))
 
 

@@ -8,7 +8,10 @@ import json
 from conftest import CONF
 
 from lakehouse import cli, progress
+from lakehouse import io as io_
+from lakehouse.catalog import JOB_RUN
 from lakehouse.io import Written
+from lakehouse.runlog import JobRun
 
 
 class Terminal(io.StringIO):
@@ -16,7 +19,7 @@ class Terminal(io.StringIO):
         return True
 
 
-def _job(stream) -> None:
+def _job() -> None:
     progress.job_started("ingest")
     progress.step("parse", "lab_result", 3, 9, "files", 120345)
     progress.wrote("bronze.lab_result", 4, 120000)
@@ -27,7 +30,7 @@ def _job(stream) -> None:
 def test_progress_is_one_line_rewritten_on_a_terminal():
     terminal = Terminal()
     progress.configure(terminal)
-    _job(terminal)
+    _job()
     frames = terminal.getvalue().split("\r\033[K")
     assert frames == ["", "[ingest] started", "[ingest] parse · lab_result · 3/9 files · rows 120,345",
                       "[ingest] wrote bronze.lab_result (rows 120,000, version 4)", "[ingest] succeeded in 12.3s\n"]
@@ -36,7 +39,7 @@ def test_progress_is_one_line_rewritten_on_a_terminal():
 def test_progress_is_json_lines_off_a_terminal():
     log = io.StringIO()
     progress.configure(log)
-    _job(log)
+    _job()
     events = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["start", "step", "wrote", "end"]
     step = {k: v for k, v in events[1].items() if k not in ("at", "elapsed_s")}
@@ -47,7 +50,7 @@ def test_progress_is_json_lines_off_a_terminal():
 
 
 def test_nothing_is_reported_unless_a_reporter_is_configured(capsys):
-    _job(None)
+    _job()
     assert capsys.readouterr() == ("", "")
 
 
@@ -59,8 +62,22 @@ def test_an_unexpected_failure_reads_as_advice_not_a_traceback(monkeypatch, caps
     assert cli.main(["build", "--conf-dir", str(CONF)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: build failed: RuntimeError: [DELTA_CONCURRENT_APPEND] a concurrent writer added files"
-    assert err[1].startswith("  what to do: the run is logged as failed in ops.job_run (see `lakehouse status`)")
+    assert err[1].startswith("  what to do: it failed before any job run was logged; nothing it wrote is half-")
     assert "LAKEHOUSE_DEBUG=1" in err[1]
+
+
+def test_a_failure_inside_a_job_run_points_at_its_logged_run(spark, tmp_path, monkeypatch, capsys):
+    def broken(args, settings):
+        with JobRun(spark, settings, "build"):
+            raise RuntimeError("the executor was lost")
+
+    monkeypatch.setitem(cli.COMMANDS, "build", broken)
+    assert cli.main(["build", "--conf-dir", str(CONF), "--root", str(tmp_path / "root")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3] == "error: build failed: RuntimeError: the executor was lost"
+    logged = io_.read(spark, JOB_RUN, str(tmp_path / "root")).select("run_id", "status").collect()
+    assert [r.status for r in logged] == ["failed"]
+    assert err[-2].startswith(f"  what to do: build run {logged[0].run_id} is logged as failed in ops.job_run")
 
 
 def test_generate_reports_each_block_as_a_json_line(tmp_path, capsys):
@@ -90,7 +107,7 @@ def test_a_long_spark_stage_reports_its_partitions_as_they_finish(spark):
     events = [json.loads(line) for line in log.getvalue().splitlines()]
     seen = [(e["done"], e["total"], e["unit"], e["job"]) for e in events if e["event"] == "spark"]
     assert seen and all(total == 4 and unit == "partitions" and job == "pii-scan" for _, total, unit, job in seen)
-    assert [done for done, *_ in seen] == sorted(done for done, *_ in seen)  # only forward, each change once
+    assert all(a < b for (a, *_), (b, *_) in zip(seen, seen[1:], strict=False))  # forward, each change once
     assert (events[0]["event"], events[-1]["event"]) == ("start", "end")
     first = next(e for e in events if e["event"] == "spark")  # and on a terminal:
     assert progress.render("spark", first) == f"[pii-scan] spark stage {first['stages']} · {first['done']}/4 partitions"

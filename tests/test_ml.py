@@ -35,6 +35,7 @@ from lakehouse.ml.train import CHALLENGER, CHAMPION, PYFUNC_CODE, exported, fit,
 pytestmark = pytest.mark.e2e
 TASKS = ("readmission_30d", "inhospital_mortality")
 VARIANTS = ("original", "after_deleted", "after_inserted", "before_deleted")
+KEYS = ("person_key", "encounter_key", "index_time")  # one row per index event
 
 
 @pytest.fixture
@@ -93,13 +94,13 @@ def test_features_see_nothing_from_the_index_time_on_and_labels_nothing_before_i
     assert post_index_events > 1000  # the property is tested on data that has something to leak
     end = data_end(timeline)
     features = _all_variants(task, settings, timeline, variants, index, end)
-    columns = ["person_key", "encounter_key", "index_time", *task.features]
+    columns = [*KEYS, *task.features]
     original = _variant(features, "original", columns)
     assert original.count() == index.count() > 100
     assert original.where(F.col("vitals_spo2_count_24h") > 0).count() > 100  # first-day vitals are seen
     for variant in ("after_deleted", "after_inserted"):  # means and slopes are double sums: equal to 1e-9
-        assert_approx_df_equality(original.orderBy("person_key"), _variant(features, variant, columns)
-                                  .orderBy("person_key"), 1e-9, allow_nan_equality=True)
+        assert_approx_df_equality(original.orderBy(*KEYS), _variant(features, variant, columns)
+                                  .orderBy(*KEYS), 1e-9, allow_nan_equality=True)
     labels = ["person_key", "encounter_key", "index_time", "label"]
     got = _variant(features, "before_deleted", labels)
     assert got.where("label = 1").count() > 5
@@ -110,10 +111,10 @@ def test_features_see_nothing_from_the_index_time_on_and_labels_nothing_before_i
     leaky = leaky.model_copy(update={"features": tuple(feature_names(leaky, settings.features))})
     assert any(name.endswith("_leak") for name in leaky.features)
     features = _all_variants(leaky, settings, timeline, {k: variants[k] for k in VARIANTS[:2]}, index, end)
-    leaky_columns = ["person_key", "encounter_key", "index_time", *leaky.features]
+    leaky_columns = [*KEYS, *leaky.features]
     with pytest.raises(DataFramesNotEqualError):
-        assert_approx_df_equality(_variant(features, "original", leaky_columns).orderBy("person_key"),
-                                  _variant(features, "after_deleted", leaky_columns).orderBy("person_key"), 1e-9,
+        assert_approx_df_equality(_variant(features, "original", leaky_columns).orderBy(*KEYS),
+                                  _variant(features, "after_deleted", leaky_columns).orderBy(*KEYS), 1e-9,
                                   allow_nan_equality=True)
 
 

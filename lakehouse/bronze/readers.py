@@ -94,17 +94,7 @@ def _csv_reader(spark: SparkSession, source: EntitySource):
 def first_line(spark: SparkSession, path: str, encoding: str, size: int = 65536) -> str:
     """The first line of a file (decompressed by its suffix, as Spark would), read on the driver: at most
     `size` bytes of one file, not a Spark job."""
-    jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
-    fs, hpath = io.hadoop_path(spark, path)
-    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
-    stream = fs.open(hpath)
-    try:
-        if codec is not None:
-            stream = codec.createInputStream(stream)
-        bounded = jvm.org.apache.commons.io.input.BoundedInputStream(stream, size)
-        head = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(bounded))
-    finally:
-        stream.close()
+    head = io.read_bytes(spark, path, size, decompress=True)
     text = head.decode(encoding, errors="replace").lstrip(BOM)  # Spark's CSV reader drops a byte order mark too
     return text.splitlines()[0] if text else ""
 

@@ -50,8 +50,7 @@ def masked(value: Column) -> Column:
 def values(spark: SparkSession, root: str, refs: list[TableRef]) -> DataFrame:
     """(table, column, value, _row) for every non-empty scanned string; `_row` tells cells apart."""
     frames = []
-    for done, ref in enumerate(refs, start=1):
-        progress.step("read", ref.qualified, done, len(refs), "tables")
+    for ref in refs:
         df = io.read(spark, ref, root)
         columns = scanned_columns(df)
         if columns:
@@ -88,7 +87,7 @@ def scan(spark: SparkSession, root: str, vault_key: bytes, refs: list[TableRef] 
     """Every hit, grouped by table, column and kind (silver and gold, all tables found under the root)."""
     refs = refs if refs is not None else [r for r in io.register_all(spark, root) if r.layer in ("silver", "gold")]
     cells = values(spark, root, refs).cache()
-    progress.step("scan", "national ids, phones and the vault's names in every string cell")
+    progress.step("scan", f"national ids, phones and the vault's names in the string cells of {len(refs)} tables")
     try:
         hits = (_pattern_hits(cells, "national_id", ID_NUMBER, national_id_is_valid)
                 .unionByName(_pattern_hits(cells, "phone", PHONE)))

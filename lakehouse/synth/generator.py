@@ -134,7 +134,7 @@ def generate(
             results = pool.map(_block, [config] * config.blocks, range(config.blocks), [out] * config.blocks)
         else:
             results = (_block(config, block, out) for block in range(config.blocks))
-        for done, (block_rows, block_files) in enumerate(results, start=1):  # in block order, as they finish
+        for done, (block_rows, block_files) in enumerate(results, start=1):  # in block order
             files += block_files
             for (hid, entity), count in block_rows.items():
                 rows[entity] = rows.get(entity, 0) + count
