@@ -123,17 +123,20 @@ class SparkWatch:
     def _run(self) -> None:
         last = None
         while not self.stopped.wait(self.every):
+            job = _current()
             try:
                 stages = [i for i in (self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()) if i]
             except Exception:  # the session is stopping: nothing more to watch
                 return
-            if not stages:
-                continue
             seen = (tuple(sorted(i.stageId for i in stages)), sum(i.numCompletedTasks for i in stages))
-            if seen != last:
+            if not stages or seen == last:
+                continue
+            with _lock:
+                if _current() != job:  # the job ended while Spark was asked: its `end` stays its last event
+                    continue
                 last = seen
-                _emit("spark", job=_current(), stages=",".join(map(str, seen[0])), done=seen[1],
-                      total=sum(i.numTasks for i in stages), unit="partitions")
+                _reporter.event("spark", job=job, stages=",".join(map(str, seen[0])), done=seen[1],
+                                total=sum(i.numTasks for i in stages), unit="partitions")
 
     def stop(self) -> None:
         self.stopped.set()
@@ -186,15 +189,17 @@ def command(name: str) -> Iterator[Outcome]:
 
 
 def job_started(job: str) -> None:
-    _job.append((job, time.monotonic()))
-    _emit("start", job=job)
+    with _lock:
+        _job.append((job, time.monotonic()))
+        _reporter.event("start", job=job)
 
 
 def job_ended(job: str, status: str, seconds: float, outputs: list) -> None:
-    if _job and _job[-1][0] == job:
-        _job.pop()
-    _emit("end", job=job, status=status, seconds=round(seconds, 1),
-                    outputs=[{"table": w.table, "version": w.version, "rows": w.rows} for w in outputs])
+    with _lock:  # with the watcher's check, nothing of this job is reported after its end
+        if _job and _job[-1][0] == job:
+            _job.pop()
+        _reporter.event("end", job=job, status=status, seconds=round(seconds, 1),
+                        outputs=[{"table": w.table, "version": w.version, "rows": w.rows} for w in outputs])
 
 
 def wrote(table: str, version: int | None, rows: int) -> None:

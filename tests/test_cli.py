@@ -105,6 +105,7 @@ def test_a_long_spark_stage_reports_its_partitions_as_they_finish(spark):
     finally:
         progress.reset()
     events = [json.loads(line) for line in log.getvalue().splitlines()]
+    print(log.getvalue())  # shown by pytest when an assertion below fails
     seen = [(e["done"], e["total"], e["unit"], e["job"]) for e in events if e["event"] == "spark"]
     assert seen and all(total == 4 and unit == "partitions" and job == "pii-scan" for _, total, unit, job in seen)
     assert all(a < b for (a, *_), (b, *_) in zip(seen, seen[1:], strict=False))  # forward, each change once
