@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 from pyspark.sql import functions as F
@@ -125,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                        False if args.log_format == "text" else None)
     try:
         settings = load_settings(args.conf_dir, args.env, args.root)
-        with nullcontext(progress.Outcome()) if args.command in LOGGED_JOBS else progress.command(args.command) as end:
+        if args.command in LOGGED_JOBS:  # their job run reports the start and the end
+            return COMMANDS[args.command](args, settings)
+        with progress.command(args.command) as end:
             end.exit_code = COMMANDS[args.command](args, settings)
             return end.exit_code
     except LakehouseError as err:

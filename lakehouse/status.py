@@ -111,9 +111,8 @@ def tables(spark: SparkSession, root: str) -> list[TableState]:
                    .select("o.table", "o.version", "o.rows").join(current, ["table", "version"])
                    .groupBy("table").agg(F.max("rows").alias("rows")))
         rows = {r.table: r.rows for r in written.collect()}  # at most one row per table
-    unrecorded = [io.read(spark, ref, root).select(F.lit(name).alias("table"), F.lit(1).alias("one"))
-                  .groupBy("table").agg(F.count("one").alias("rows")) for name, (ref, _) in heads.items()
-                  if name not in rows]
+    unrecorded = [io.read(spark, ref, root).agg(F.count(F.lit(1)).alias("rows"))  # answered from file statistics
+                  .select(F.lit(name).alias("table"), "rows") for name, (ref, _) in heads.items() if name not in rows]
     if unrecorded:
         rows.update({r.table: r.rows for r in reduce(DataFrame.unionByName, unrecorded).collect()})  # a row a table
     states = [TableState(ref.layer, ref.name, h.version, rows.get(name, 0), h.operation, h.time)
