@@ -132,6 +132,16 @@ REFINE_STATE = TableRef(
     description="bronze batches a refine has merged into silver, with the configuration it used",
 )
 
+AUDIT_LOG = TableRef(
+    "ops", "audit_log",
+    "at TIMESTAMP, writer STRING, seq BIGINT, actor STRING, role STRING, hospital_id STRING, action STRING, "
+    "target STRING, tables ARRAY<STRING>, versions MAP<STRING, BIGINT>, rows BIGINT, purpose STRING, "
+    "outcome STRING, status INT, duration_ms DOUBLE, prev_hash STRING, hash STRING",
+    keys=("writer", "seq"),
+    description="who read what, when and with what outcome: one row per data-service request; each writer's "
+                "rows are chained by hash (hash = sha256 of prev_hash and the row)",
+)
+
 # --- vault: direct identifiers, encrypted column by column ---------------------------------------
 
 IDENTITY = TableRef(

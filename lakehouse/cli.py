@@ -111,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("dq-report", "write the data-quality report (HTML) from ops.dq_result")
     report.add_argument("--out", required=True, help="folder for dq-report.html")
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
+    serve_sql = add("serve-sql", "start the SQL endpoint detached: Spark's Thrift JDBC/ODBC server (BI tools) and a "
+                    "Spark Connect server (remote notebooks) in one JVM, silver and gold registered as "
+                    "<layer>.<table>; PID and log under services.run_dir")
+    serve_api = add("serve-api", "start the REST read API over gold detached (FastAPI on deltalake; tokens from "
+                    "`lakehouse api-token`); PID and log under services.run_dir")
+    for command in (serve_sql, serve_api):
+        command.add_argument("--stop", action="store_true", help="stop the running server")
+        command.add_argument("--foreground", action="store_true", help="run in this terminal until Ctrl-C")
+    serve_sql.add_argument("--thrift-port", type=int, help="default: services.sql.thrift_port (10000)")
+    serve_sql.add_argument("--connect-port", type=int, help="default: services.sql.connect_port (15002)")
+    serve_api.add_argument("--port", type=int, help="default: services.api.port (8000)")
+    token = add("api-token", "issue a REST API token for a holder and role of conf/access.yaml; prints it once "
+                "(the tokens file keeps its SHA-256)")
+    token.add_argument("--name", required=True, help="who holds it (recorded in ops.audit_log)")
+    token.add_argument("--role", required=True, help="a role of conf/access.yaml")
+    token.add_argument("--hospital", help="the hospital of a hospital-scoped role (clinician)")
     status_command = add("status", "the lakehouse at a glance: tables per layer with their latest Delta version, "
                          "the last run of each job, quarantined rows per hospital, each task's champion")
     status_command.add_argument("--json", action="store_true", help="print it as one JSON document")
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         progress.reset()
-        if args.command not in ("init-secrets",):
+        if args.command not in ("init-secrets", "api-token"):
             print(f"({args.command} finished in {time.time() - started:.1f}s)", file=sys.stderr)
 
 
@@ -370,6 +386,64 @@ def _status(args, settings: Settings) -> int:
     return 0
 
 
+def _server_argv(args, settings: Settings, *options: str) -> list[str]:
+    """The foreground command a detached server runs: this one, with the settings resolved."""
+    argv = [args.command, "--foreground", "--conf-dir", str(settings.conf_dir), "--env", settings.env,
+            "--root", settings.root, "--log-format", "json"]
+    for option in options:
+        value = getattr(args, option.replace("-", "_"))
+        argv += [f"--{option}", str(value)] if value is not None else []
+    return argv
+
+
+def _stop(daemon, what: str) -> int:
+    print(f"stopped the {what}" if daemon.stop() else f"the {what} was not running")
+    return 0
+
+
+def _serve_sql(args, settings: Settings) -> int:
+    from lakehouse.services import sql
+
+    if args.stop:
+        return _stop(sql.daemon(settings), "SQL endpoint")
+    if args.foreground:
+        sql.serve(settings, args.thrift_port, args.connect_port)
+        return 0
+    found = sql.start(settings, _server_argv(args, settings, "thrift-port", "connect-port"))
+    print(f"SQL endpoint up, {len(found['tables'])} tables registered (silver and gold as <layer>.<table>):\n"
+          f"  JDBC/ODBC (BI tools, beeline): {found['jdbc']}\n"
+          f"  Spark Connect (notebooks):     SparkSession.builder.remote(\"{found['connect']}\")\n"
+          f"  log: {sql.daemon(settings).log_file}; stop: lakehouse serve-sql --stop")
+    return 0
+
+
+def _serve_api(args, settings: Settings) -> int:
+    from lakehouse import access
+    from lakehouse.services import api
+
+    if args.stop:
+        return _stop(api.daemon(settings), "API")
+    tokens = access.load_tokens(settings)  # a bad tokens file is refused here, naming the key
+    if args.foreground:
+        api.serve(settings, args.port)
+        return 0
+    found = api.start(settings, _server_argv(args, settings, "port"), args.port)
+    print(f"API up at {found['url']} (OpenAPI: {found['openapi']}, docs: {found['docs']})\n"
+          f"  {len(tokens)} tokens in {access.tokens_file(settings)}"
+          + ("" if tokens else ": issue one with `lakehouse api-token --name NAME --role ROLE`")
+          + f"\n  log: {api.daemon(settings).log_file}; stop: lakehouse serve-api --stop")
+    return 0
+
+
+def _api_token(args, settings: Settings) -> int:
+    from lakehouse import access
+
+    token, file = access.add_token(settings, args.name, args.role, args.hospital)
+    print(f"token for {args.name} ({args.role}{' at ' + args.hospital if args.hospital else ''}), shown once:\n"
+          f"  {token}\nits SHA-256 is in {file}; send it as `Authorization: Bearer <token>`")
+    return 0
+
+
 def _init_secrets(args, settings: Settings) -> int:
     file, created = secrets.init_secrets(settings)
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
@@ -399,6 +473,9 @@ COMMANDS: dict[str, Callable] = {
     "dq-report": _dq_report,
     "init-secrets": _init_secrets,
     "status": _status,
+    "serve-sql": _serve_sql,
+    "serve-api": _serve_api,
+    "api-token": _api_token,
 }
 
 

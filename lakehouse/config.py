@@ -10,6 +10,7 @@ Layout (all YAML):
     conf/linkage.yaml             the regional person index: blocking, evidence weights, threshold
     conf/cohorts/<cohort>.yaml    cohort definitions (gold.cohort_<name>)
     conf/beds.yaml                staffed beds per hospital and department (bed-occupancy indicators)
+    conf/access.yaml              roles and the tables each may read (the data services follow it)
     conf/vocab/*.csv              vocabularies (read by the silver stage, not here)
 
 Every error names the file and the dotted key, and is raised before any data is touched.
@@ -18,12 +19,13 @@ Every error names the file and the dotted key, and is raised before any data is 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -90,6 +92,37 @@ class GoldSettings(Strict):
     meds_dataset_name: str = "lakehouse-region"
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+ServedLayer = Literal["silver", "gold"]  # bronze, ops and vault are never served
+
+
+class SqlEndpointSettings(Strict):
+    host: str = Field("127.0.0.1", description="address both servers bind to")
+    thrift_port: Port = 10000
+    connect_port: Port = 15002
+    layers: list[ServedLayer] = Field(default_factory=lambda: ["silver", "gold"],
+                                      description="layers whose tables are registered as <layer>.<table>")
+    start_timeout_seconds: PositiveInt = 300
+
+
+class ApiSettings(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    tokens_file: str = Field("var/secrets/api_tokens.yaml",
+                             description="ignored file of token hashes -> holder, role, hospital "
+                                         "(`lakehouse api-token` adds one); LAKEHOUSE_API_TOKENS_FILE wins")
+    refresh_seconds: float = Field(5.0, ge=0, description="how often a served table is checked for a new version")
+    max_events: PositiveInt = Field(10_000, description="most timeline events one response returns")
+    audit_flush_seconds: float = Field(1.0, gt=0, description="requests are appended to ops.audit_log this often")
+    start_timeout_seconds: PositiveInt = 60
+
+
+class ServicesSettings(Strict):
+    run_dir: str = Field("var/run", description="PID, log and metastore files of the servers (ignored by git)")
+    sql: SqlEndpointSettings = SqlEndpointSettings()
+    api: ApiSettings = ApiSettings()
+
+
 class MainSettings(Strict):
     root: str = "var/lakehouse"
     landing: str = "var/sample/landing"
@@ -99,6 +132,7 @@ class MainSettings(Strict):
     secrets: SecretSettings = SecretSettings()
     demo: DemoSettings = DemoSettings()
     gold: GoldSettings = GoldSettings()
+    services: ServicesSettings = ServicesSettings()
 
 
 # --- source contracts ---------------------------------------------------------------------------
@@ -564,6 +598,59 @@ class TaskSpec(Strict):
         return self
 
 
+# --- access policy ------------------------------------------------------------------------------
+
+ADMIN_ONLY_LAYERS = ("bronze", "ops", "vault")  # raw data, the platform's own records, identifiers
+TABLE_PATTERN = r"^(\*|[a-z*][a-z0-9_*]*\.[a-z*][a-z0-9_*]*)$"
+
+
+class Role(Strict):
+    """What one role may read: tables as fnmatch patterns of `<layer>.<table>`."""
+
+    description: str
+    admin: bool = Field(False, description="may read every layer, bronze, ops and vault included")
+    tables: list[str] = Field(description="patterns such as gold.* or gold.indicator_*")
+    hospital_scoped: bool = Field(False, description="sees only persons with an encounter at the holder's hospital")
+
+    @field_validator("tables")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not re.match(TABLE_PATTERN, pattern):
+                raise ValueError(f"not a <layer>.<table> pattern: {pattern!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_only_layers(self) -> Role:
+        if not self.admin:
+            for pattern in self.tables:
+                for layer in ADMIN_ONLY_LAYERS:
+                    if fnmatch.fnmatchcase(f"{layer}.any_table", pattern):
+                        raise ValueError(f"{pattern!r} would let a non-admin role read {layer}, which is admin-only")
+        return self
+
+
+class AccessPolicy(Strict):
+    roles: dict[str, Role]
+
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, value: dict[str, Role]) -> dict[str, Role]:
+        for name in value:
+            if not re.match(RULE_NAME, name):
+                raise ValueError(f"role names are lower_snake_case: {name!r}")
+        return value
+
+    def may_read(self, role: str, table: str) -> bool:
+        """Whether `role` may read the qualified table `<layer>.<table>`."""
+        spec = self.roles.get(role)
+        if spec is None:
+            return False
+        if table.split(".", 1)[0] in ADMIN_ONLY_LAYERS and not spec.admin:
+            return False
+        return any(fnmatch.fnmatchcase(table, pattern) for pattern in spec.tables)
+
+
 # --- the whole configuration --------------------------------------------------------------------
 
 class Settings(BaseModel):
@@ -582,6 +669,7 @@ class Settings(BaseModel):
     cohorts: dict[str, CohortSpec] = {}
     beds: Beds | None = None
     features: FeatureCatalog | None = None
+    access: AccessPolicy | None = None
     config_hash: str
 
     @property
@@ -650,6 +738,9 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
         if hospital not in by_hospital:
             raise ConfigError(str(beds_file), f"hospitals.{hospital}", f"no source contract for {hospital}")
 
+    access_file = conf_dir / "access.yaml"
+    access = _validate(AccessPolicy, _read_yaml(access_file), {}, str(access_file))
+
     digest = hashlib.sha256(
         json.dumps(
             {"main": main.model_dump(mode="json"), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
@@ -664,7 +755,7 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     ).hexdigest()[:16]
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
                         tasks=tasks, dq=dq, linkage=linkage, cohorts=cohorts, beds=beds,
-                        features=catalog, config_hash=digest)
+                        features=catalog, access=access, config_hash=digest)
     return settings.model_copy(update={"root": settings.path(chosen_root)})
 
 

@@ -1,0 +1,146 @@
+"""Who is asking, and what they may read: API tokens mapped to a holder, a role of conf/access.yaml and, for a
+hospital-scoped role, a hospital.
+
+Tokens are random strings shown once; the tokens file (ignored by git, like the other secrets) keeps only their
+SHA-256, so a leaked file opens nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets as pysecrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError, UsageError
+
+TOKENS_ENV = "LAKEHOUSE_API_TOKENS_FILE"
+HOLDER = re.compile(r"^[\w.@-]{1,64}$")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    hospital_id: str | None = None
+
+
+class AccessDenied(Exception):
+    """A read the policy does not allow."""
+
+
+def tokens_file(settings: Settings) -> Path:
+    return Path(os.environ.get(TOKENS_ENV) or settings.path(settings.main.services.api.tokens_file))
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def load_tokens(settings: Settings) -> dict[str, Principal]:
+    """token hash -> Principal, every entry checked against the policy and the source contracts."""
+    file = tokens_file(settings)
+    if not file.exists():
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(str(file), "<yaml>", f"not valid YAML: {err}") from err
+    entries = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(str(file), "tokens", "expected a mapping of token SHA-256 -> {name, role, hospital_id}")
+    found = {}
+    for digest, entry in entries.items():
+        key = f"tokens.{digest}"
+        if not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+            raise ConfigError(str(file), key, "a token is stored as its SHA-256 (64 hex characters)")
+        if not isinstance(entry, dict) or set(entry) - {"name", "role", "hospital_id"}:
+            raise ConfigError(str(file), key, "expected {name, role, hospital_id}")
+        found[digest] = _principal(settings, str(file), key, entry.get("name"), entry.get("role"),
+                                   entry.get("hospital_id"))
+    return found
+
+
+def _principal(settings: Settings, file: str, key: str, name, role, hospital) -> Principal:
+    policy = settings.access
+    if not isinstance(name, str) or not HOLDER.match(name):
+        raise ConfigError(file, f"{key}.name", "a holder name of letters, digits and . _ @ -")
+    if policy is None or role not in policy.roles:
+        known = sorted(policy.roles) if policy else []
+        raise ConfigError(file, f"{key}.role", f"unknown role {role!r}; known: {known}")
+    if policy.roles[role].hospital_scoped and hospital not in settings.sources:
+        raise ConfigError(file, f"{key}.hospital_id",
+                          f"role {role} is hospital-scoped: give one of {sorted(settings.sources)}")
+    if not policy.roles[role].hospital_scoped and hospital is not None:
+        raise ConfigError(file, f"{key}.hospital_id", f"role {role} is not hospital-scoped")
+    return Principal(name, role, hospital)
+
+
+def add_token(settings: Settings, name: str, role: str, hospital_id: str | None = None) -> tuple[str, Path]:
+    """Mint a token for a holder, store its hash, and return the token (shown once) and the file."""
+    file = tokens_file(settings)
+    try:
+        _principal(settings, str(settings.conf_dir / "access.yaml"), "roles", name, role, hospital_id)
+    except ConfigError as err:
+        raise UsageError(f"cannot issue the token: {err.message}") from None
+    load_tokens(settings)  # refuse to extend a broken file
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else None
+    data = data or {"tokens": {}}
+    token = pysecrets.token_urlsafe(32)
+    entry = {"name": name, "role": role, **({"hospital_id": hospital_id} if hospital_id else {})}
+    data["tokens"][token_hash(token)] = entry
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
+                    + yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
+    file.chmod(0o600)
+    return token, file
+
+
+def require(settings: Settings, principal: Principal, tables: list[str]) -> None:
+    """Raise AccessDenied naming the first table the principal's role may not read."""
+    assert settings.access is not None
+    for table in tables:
+        if not settings.access.may_read(principal.role, table):
+            raise AccessDenied(f"role {principal.role} may not read {table} (conf/access.yaml)")
+
+
+def hospital_scope(settings: Settings, principal: Principal) -> str | None:
+    """The hospital a principal's reads are limited to, or None for the whole region."""
+    assert settings.access is not None
+    return principal.hospital_id if settings.access.roles[principal.role].hospital_scoped else None
+
+
+class TokenBook:
+    """The tokens file as a running server sees it: re-read when it changes, so a token issued or removed with
+    the server up takes effect at once. A broken edit keeps the last good tokens (and is logged)."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.file = settings, tokens_file(settings)
+        self._stamp = self._mtime()
+        self._tokens = load_tokens(settings)  # a bad file is refused before the server starts
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get(self, token: str) -> Principal | None:
+        stamp = self._mtime()
+        if stamp != self._stamp:
+            try:
+                self._tokens = load_tokens(self.settings)
+            except ConfigError as err:
+                log.error("keeping the previous API tokens: %s", err)
+            self._stamp = stamp
+        return self._tokens.get(token_hash(token))
