@@ -1,7 +1,12 @@
 """Gold tables read with deltalake (delta-rs): a lookup needs no JVM and no Spark job.
 
-Each table is opened once and brought up to date when it was last checked more than `refresh_seconds` ago, so
-a new build shows without a restart and a burst of requests replays no log.
+Queries run in delta-rs's own engine (DataFusion through `QueryBuilder`): it prunes files by their Delta
+statistics and pages by the Parquet page index, and it honours every table feature delta-rs reads. (pyarrow's
+dataset over delta-rs's file-system handler was the other way; it leaves pyarrow I/O threads that abort the
+process at exit.) Each table is opened once and brought up to date when it was last checked more than
+`refresh_seconds` ago, so a new build shows without a restart and a burst of requests replays no log.
+
+`where` is SQL: callers build it only from validated values (hex keys, names matching a pattern, timestamps).
 """
 
 from __future__ import annotations
@@ -11,8 +16,7 @@ import time
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-from deltalake import DeltaTable
+from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import TableNotFoundError
 
 from lakehouse.catalog import TableRef
@@ -22,10 +26,11 @@ class TableMissing(Exception):
     """The table has not been built under this root."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Open:
+    """One snapshot of a table: never changed, replaced when the table has a new version."""
+
     table: DeltaTable
-    dataset: ds.Dataset
     version: int
     checked: float
 
@@ -41,27 +46,23 @@ class DeltaStore:
         now = time.monotonic()
         with self._lock:
             current = self._open.get(ref.qualified)
-            if current is None:
+            if current is None or now - current.checked >= self.refresh_seconds:
                 try:
                     table = DeltaTable(ref.path(self.root))
                 except TableNotFoundError as err:
                     raise TableMissing(f"{ref.qualified} has not been built") from err
-                current = self._open[ref.qualified] = _Open(table, table.to_pyarrow_dataset(), table.version(), now)
-            elif now - current.checked >= self.refresh_seconds:
-                current.table.update_incremental()
-                if current.table.version() != current.version:
-                    current.dataset, current.version = current.table.to_pyarrow_dataset(), current.table.version()
-                current.checked = now
+                current = self._open[ref.qualified] = _Open(table, table.version(), now)
             return current
 
     def version(self, ref: TableRef) -> int:
         return self._get(ref).version
 
-    def read(self, ref: TableRef, where: ds.Expression | None = None, columns: list[str] | None = None
+    def read(self, ref: TableRef, where: str | None = None, columns: list[str] | None = None
              ) -> tuple[pa.Table, int]:
-        """The rows matching `where` (file statistics skip the files that cannot match), and the version read."""
+        """The rows matching the SQL condition `where`, and the version they were read at."""
         current = self._get(ref)
-        return current.dataset.to_table(filter=where, columns=columns), current.version
+        select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        return run(current.table, f"SELECT {select} FROM t" + (f" WHERE {where}" if where else "")), current.version
 
     def exists(self, ref: TableRef) -> bool:
         try:
@@ -69,3 +70,24 @@ class DeltaStore:
         except TableMissing:
             return False
         return True
+
+
+def run(table: DeltaTable, query: str) -> pa.Table:
+    """`query` over the table named `t`, in delta-rs's engine, with plain Arrow types."""
+    rows = pa.table(QueryBuilder().register("t", table).execute(query).read_all())
+    return rows.cast(pa.schema([field.with_type(_plain(field.type)) for field in rows.schema]))
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """DataFusion answers with view types (string_view); most of pyarrow's kernels want plain ones."""
+    if kind == pa.string_view():
+        return pa.string()
+    if kind == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_map(kind):
+        return pa.map_(_plain(kind.key_type), kind.item_field.with_type(_plain(kind.item_type)))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
+        return pa.list_(kind.value_field.with_type(_plain(kind.value_type)))
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_plain(field.type)) for field in kind])
+    return kind
