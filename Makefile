@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test notebooks status lint bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator clean help
+.PHONY: setup demo test notebooks status lint serve-sql stop-sql serve-api stop-api bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
@@ -17,6 +17,8 @@ help:
 	@echo "make notebooks - run notebooks/*.ipynb headless on the demo lakehouse (after make demo); copies in var/notebooks"
 	@echo "make status - the lakehouse at a glance: tables, last runs, quarantine, champions"
 	@echo "make lint   - ruff"
+	@echo "make serve-sql / stop-sql - the SQL endpoint (Thrift JDBC/ODBC :10000, Spark Connect :15002) on the demo lakehouse"
+	@echo "make serve-api / stop-api - the REST read API (:8000) on the demo lakehouse; tokens: lakehouse api-token"
 	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"
@@ -24,6 +26,8 @@ help:
 	@echo "make bench-link      - person linkage quality vs the generator's truth and records/s, at LINK_SIZES"
 	@echo "make bench-gold      - gold full build vs a day-2 increment, timeline lookups, the diabetes cohort, at GOLD_SIZES"
 	@echo "make bench-ml        - both tasks trained at ML_SIZES persons vs the planted ceiling; training on ML_ROWS rows"
+	@echo "make bench-api       - the API's timeline endpoint: p50/p95 latency and requests/s with 4 clients, at API_SIZES"
+	@echo "                       persons (gold replicated from the demo's; default 100000 1000000; ~40 min, 12 GB)"
 	@echo "make bench-generator - generator throughput at GEN_SIZES persons (default 100000 1000000; ~20 min, 28 GB)"
 	@echo "make clean  - remove var/ (all generated data, Delta tables, MLflow stores)"
 
@@ -55,6 +59,18 @@ status: setup
 lint: setup
 	$(BIN)/ruff check lakehouse jobs tests
 
+serve-sql: setup
+	$(BIN)/lakehouse serve-sql
+
+stop-sql: setup
+	$(BIN)/lakehouse serve-sql --stop
+
+serve-api: setup
+	$(BIN)/lakehouse serve-api
+
+stop-api: setup
+	$(BIN)/lakehouse serve-api --stop
+
 # Benchmarks are measured, never part of `make test`; results go to bench/results/<date>-*.json.
 GEN_SIZES ?= 100000 1000000
 INGEST_SIZES ?= 7500 75000
@@ -63,7 +79,8 @@ LINK_SIZES ?= 20000 100000
 GOLD_SIZES ?= 4000 12000
 ML_SIZES ?= 6000
 ML_ROWS ?= 1000000
-bench: bench-ingest bench-refine bench-link bench-gold bench-ml bench-generator
+API_SIZES ?= 100000 1000000
+bench: bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator
 
 bench-ingest: setup
 	$(BIN)/python bench/ingest_scale.py --sizes $(INGEST_SIZES) --workers $$(nproc) --out var/bench/ingest
@@ -79,6 +96,10 @@ bench-gold: setup
 
 bench-ml: setup
 	$(BIN)/python bench/ml_scale.py --sizes $(ML_SIZES) --replicate-to $(ML_ROWS) --workers $$(nproc) --out var/bench/ml
+
+bench-api: setup
+	@test -d var/lakehouse/gold/patient_timeline || { echo "bench-api replicates the demo's gold: run make demo first"; exit 2; }
+	$(BIN)/python bench/api_latency.py --source var/lakehouse --sizes $(API_SIZES) --out var/bench/api
 
 bench-generator: setup
 	$(BIN)/python bench/generator_scale.py --sizes $(GEN_SIZES) --workers $$(nproc) --out var/bench/gen

@@ -118,6 +118,18 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
         ("cohorts/heart_failure_admissions.yaml", lambda d: d["inclusion"][0].update(age={"min": 65, "max": 18}),
          "inclusion.0.age.max", "impossible range"),
         ("beds.yaml", lambda d: d["hospitals"].update(H99={"ICU": 8}), "hospitals.H99", "no source contract"),
+        ("access.yaml", lambda d: d["roles"]["researcher"]["tables"].append("vault.*"), "roles.researcher",
+         "vault, which is admin-only"),
+        ("access.yaml", lambda d: d["roles"]["analyst"]["tables"].append("*"), "roles.analyst",
+         "bronze, which is admin-only"),
+        ("access.yaml", lambda d: d["roles"]["analyst"].update(tables=["indicators"]), "roles.analyst.tables",
+         "not a <layer>.<table> pattern"),
+        ("access.yaml", lambda d: d["roles"]["clinician"].update(hospital="H01"), "roles.clinician.hospital",
+         "unknown key"),
+        ("base/lakehouse.yaml", lambda d: d.update(services={"sql": {"layers": ["gold", "ops"]}}),
+         "services.sql.layers.1", "Input should be"),
+        ("local/lakehouse.yaml", lambda d: d.update(services={"api": {"port": 70000}}), "services.api.port",
+         "less than or equal to 65535"),
     ],
 )
 def test_bad_values_name_file_and_key(conf, relative, change, key, message):
@@ -156,3 +168,30 @@ def test_cli_refuses_missing_landing_folder_before_spark(tmp_path, capsys):
     assert code == 2
     assert "key '--landing': landing folder" in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_api_tokens_are_stored_hashed_and_checked_against_the_policy(conf, tmp_path, monkeypatch, capsys):
+    from lakehouse import access
+
+    tokens = tmp_path / "tokens.yaml"
+    monkeypatch.setenv(access.TOKENS_ENV, str(tokens))
+    settings = load_settings(conf, "local", str(tmp_path / "root"))
+    assert main(["api-token", "--conf-dir", str(conf), "--name", "dr_li", "--role", "clinician",
+                 "--hospital", "H01"]) == 0
+    token = capsys.readouterr().out.splitlines()[1].strip()
+    assert token not in tokens.read_text() and access.token_hash(token) in tokens.read_text()
+    assert access.TokenBook(settings).get(token) == access.Principal("dr_li", "clinician", "H01")
+    assert access.TokenBook(settings).get(token + "x") is None
+
+    # a clinician needs a hospital, others must not have one; the role must exist
+    for argv, message in ((["--role", "clinician"], "hospital-scoped"), (["--role", "janitor"], "unknown role"),
+                          (["--role", "researcher", "--hospital", "H01"], "not hospital-scoped")):
+        assert main(["api-token", "--conf-dir", str(conf), "--name", "x", *argv]) == 2
+        assert message in capsys.readouterr().err
+    # a hand-edited tokens file is refused before the API serves, naming the key
+    _edit(tokens, lambda d: next(iter(d["tokens"].values())).update(role="superuser"))
+    with pytest.raises(ConfigError) as caught:
+        access.load_tokens(settings)
+    assert caught.value.file == str(tokens) and caught.value.key.endswith(".role")
+    assert main(["serve-api", "--conf-dir", str(conf), "--root", str(tmp_path / "root")]) == 2
+    assert "unknown role 'superuser'" in capsys.readouterr().err
