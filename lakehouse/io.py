@@ -80,8 +80,25 @@ def latest_version(spark: SparkSession, ref: TableRef, root: str) -> int | None:
 
 
 def describe(spark: SparkSession, ref: TableRef, root: str) -> Written:
-    """The table's current version and row count (a Delta count is answered from file statistics)."""
-    return Written(ref.qualified, latest_version(spark, ref, root), read(spark, ref, root).count())
+    """The table's current version and row count: the count Delta recorded for that version when it has one
+    (no Spark job), else a count (answered from file statistics, but a Spark job: ~0.5 s here, per write)."""
+    version = latest_version(spark, ref, root)
+    rows = recorded_rows(spark, ref, root, version) if version is not None else None
+    return Written(ref.qualified, version, rows if rows is not None else read(spark, ref, root).count())
+
+
+def recorded_rows(spark: SparkSession, ref: TableRef, root: str, version: int) -> int | None:
+    """Rows of `version` as Delta recorded them in its checksum file (every live file with its statistics, less
+    the rows deletion vectors remove), or None when that version has no checksum with files and statistics."""
+    fs, checksum = hadoop_path(spark, f"{ref.path(root)}/_delta_log/{version:020d}.crc")
+    if not fs.exists(checksum):
+        return None
+    files = json.loads(read_small_text(spark, str(checksum.toString()))).get("allFiles")
+    try:
+        return sum(json.loads(f["stats"])["numRecords"] - (f.get("deletionVector") or {}).get("cardinality", 0)
+                   for f in files)
+    except (TypeError, KeyError, ValueError):  # no file list, or a file without statistics
+        return None
 
 
 def files_scanned(df: DataFrame) -> int:

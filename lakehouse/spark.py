@@ -35,8 +35,14 @@ def launched_by_spark_submit() -> bool:
 
 
 def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> SparkSession:
-    """A SparkSession with Delta, configured from settings; `extra` wins over everything (tests)."""
-    check_java()
+    """A SparkSession with Delta, configured from settings; `extra` wins over everything (tests).
+
+    When a session already runs in this process (a notebook's, or the test run's when it calls the CLI
+    in-process), it is reused, and only the settings it did not start with are applied to it: the ones it was
+    started with (the test run's 2 shuffle partitions) stay as they are."""
+    active = SparkSession.getActiveSession()
+    if active is None:
+        check_java()
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter, with its packages
     spark_settings = settings.main.spark
@@ -70,6 +76,9 @@ def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> Spar
             conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
     conf.update(spark_settings.extra)
     conf.update(extra or {})
+    if active is not None:
+        started_with = active.sparkContext.getConf()
+        conf = {key: value for key, value in conf.items() if not started_with.contains(key)}
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:

@@ -24,8 +24,8 @@ from deltalake import DeltaTable
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
-from lakehouse import access, cli
-from lakehouse.catalog import AUDIT_LOG, COHORT_ATTRITION, PATIENT_SUMMARY, TIMELINE, cohort_table
+from lakehouse import access, cli, io
+from lakehouse.catalog import AUDIT_LOG, COHORT_ATTRITION, PATIENT_SUMMARY, TIMELINE, TableRef, cohort_table
 from lakehouse.services import api, sql, store
 from lakehouse.services.audit import entry_hash
 
@@ -119,6 +119,17 @@ def api_server(region, settings, tmp_path_factory, monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_log(region, settings, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert lakehouse("serve-api", "--port", str(port), root=str(tmp_path / "root")) == 1
+    err = capsys.readouterr().err
+    assert "the api server exited with code" in err and "address already in use" in err.lower()
+    assert "what to do: read" in err and api.daemon(settings).pid() is None
 
 
 def delta(path: str, query: str = "SELECT * FROM t") -> pa.Table:
@@ -263,20 +274,6 @@ def test_api_writes_every_request_to_the_audit_log_in_a_hash_chain(api_server, s
             prev = r["hash"]
 
 
-def spark_rows(path: Path) -> int | None:
-    """The rows of a table's latest version as Spark recorded them: its checksum file lists every live file
-    with its statistics (less the rows a deletion vector removes); None when that version has no checksum."""
-    commits = sorted((path / "_delta_log").glob("*.json"))
-    checksum = commits[-1].with_suffix(".crc")
-    if not checksum.exists():
-        return None
-    files = json.loads(checksum.read_text()).get("allFiles")
-    if files is None:
-        return None
-    return sum(json.loads(f["stats"])["numRecords"] - (f.get("deletionVector") or {}).get("cardinality", 0)
-               for f in files)
-
-
 def test_every_served_table_opens_with_the_pinned_delta_reader(region, spark, settings):
     """deltalake must read every silver and gold table Spark wrote, row for row (a table feature it cannot read,
     or a deletion vector it ignored, fails here)."""
@@ -284,7 +281,9 @@ def test_every_served_table_opens_with_the_pinned_delta_reader(region, spark, se
     paths = sorted(p for layer in ("silver", "gold") for p in (root / layer).iterdir() if (p / "_delta_log").exists())
     assert len(paths) >= 20
     for path in paths:
-        expected = spark_rows(path)
+        ref = TableRef(path.parent.name, path.name, "")
+        version = io.latest_version(spark, ref, str(root))
+        expected = io.recorded_rows(spark, ref, str(root), version)  # Spark's own record of the version's rows
         if expected is None:
             expected = spark.read.format("delta").load(str(path)).count()
         assert delta(str(path), "SELECT count(*) AS n FROM t").column("n")[0].as_py() == expected, path

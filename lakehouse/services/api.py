@@ -173,10 +173,10 @@ CohortName = Annotated[str, Path(pattern=NAME, description="a cohort of conf/coh
 
 # --- the app --------------------------------------------------------------------------------------
 
-def create_app(settings: Settings, audit: AuditLog | None = None) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     api_settings = settings.main.services.api
     store = DeltaStore(settings.root, api_settings.refresh_seconds)
-    audit = audit or AuditLog(settings.root, api_settings.audit_flush_seconds)
+    audit = AuditLog(settings.root, api_settings.audit_flush_seconds)
     tokens = access.TokenBook(settings)  # a bad tokens file is refused before serving, naming its key
 
     @asynccontextmanager
@@ -195,19 +195,22 @@ def create_app(settings: Settings, audit: AuditLog | None = None) -> FastAPI:
     async def audited(request: Request, call_next):
         started = time.perf_counter()
         request.state.reads, request.state.rows, request.state.principal = {}, None, None
-        response = await call_next(request)
-        if request.url.path not in ("/health", "/openapi.json", "/docs", "/redoc"):
-            who: Principal | None = request.state.principal
-            audit.record(actor=who.name if who else None, role=who.role if who else None,
-                         hospital_id=who.hospital_id if who else None, action="api.read",
-                         target=f"{request.method} {request.url.path}"
-                                + (f"?{request.url.query}" if request.url.query else ""),
-                         tables=sorted(request.state.reads), versions=request.state.reads, rows=request.state.rows,
-                         purpose=request.headers.get("x-purpose"),
-                         outcome="ok" if response.status_code < 400 else "refused" if response.status_code < 500
-                         else "error", status=response.status_code,
-                         duration_ms=(time.perf_counter() - started) * 1000)
-        return response
+        status = 500  # unless the endpoint answers: an unexpected error is audited too
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            if request.url.path not in ("/health", "/openapi.json", "/docs", "/redoc"):
+                who: Principal | None = request.state.principal
+                audit.record(actor=who.name if who else None, role=who.role if who else None,
+                             hospital_id=who.hospital_id if who else None, action="api.read",
+                             target=f"{request.method} {request.url.path}"
+                                    + (f"?{request.url.query}" if request.url.query else ""),
+                             tables=sorted(request.state.reads), versions=request.state.reads,
+                             rows=request.state.rows, purpose=request.headers.get("x-purpose"),
+                             outcome="ok" if status < 400 else "refused" if status < 500 else "error", status=status,
+                             duration_ms=(time.perf_counter() - started) * 1000)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError):
@@ -249,12 +252,14 @@ def create_app(settings: Settings, audit: AuditLog | None = None) -> FastAPI:
         request.state.reads[ref.qualified] = version
         return rows
 
-    def visible_person(request: Request, who: Principal, person_key: str) -> None:
-        """404 unless the person is in the summary and, for a hospital-scoped role, has been at its hospital."""
-        rows = read(request, who, PATIENT_SUMMARY, _equals("person_key", person_key, PERSON_KEY), ["hospitals"])
+    def visible_person(request: Request, who: Principal, person_key: str) -> dict[str, Any]:
+        """The person's summary row; 404 unless they have one and, for a hospital-scoped role, it lists the
+        role's hospital."""
+        rows = read(request, who, PATIENT_SUMMARY, _equals("person_key", person_key, PERSON_KEY)).to_pylist()
         hospital = access.hospital_scope(settings, who)
-        if rows.num_rows == 0 or (hospital and hospital not in (rows.column("hospitals")[0].as_py() or [])):
+        if not rows or (hospital and hospital not in (rows[0]["hospitals"] or [])):
             raise ApiError(404, "not_found", f"no person {person_key}")
+        return rows[0]
 
     def counted(request: Request, n: int) -> None:
         request.state.rows = (request.state.rows or 0) + n
@@ -293,8 +298,7 @@ def create_app(settings: Settings, audit: AuditLog | None = None) -> FastAPI:
 
     @app.get("/persons/{person_key}/summary", response_model=Summary, responses=ERRORS, tags=["persons"])
     def summary(request: Request, who: Caller, person_key: PersonKey) -> Summary:
-        visible_person(request, who, person_key)
-        row = read(request, who, PATIENT_SUMMARY, _equals("person_key", person_key, PERSON_KEY)).to_pylist()[0]
+        row = visible_person(request, who, person_key)
         counted(request, 1)
         row["latest_labs"] = dict(row["latest_labs"] or [])
         return Summary(**{**row, "hospitals": row["hospitals"] or [], "problems": row["problems"] or []})
