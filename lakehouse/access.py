@@ -7,6 +7,7 @@ SHA-256, so a leaked file opens nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -90,17 +91,25 @@ def add_token(settings: Settings, name: str, role: str, hospital_id: str | None 
         _principal(settings, str(settings.conf_dir / "access.yaml"), "roles", name, role, hospital_id)
     except ConfigError as err:
         raise UsageError(f"cannot issue the token: {err.message}") from None
-    load_tokens(settings)  # refuse to extend a broken file
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else None
-    data = data or {"tokens": {}}
-    token = pysecrets.token_urlsafe(32)
-    entry = {"name": name, "role": role, **({"hospital_id": hospital_id} if hospital_id else {})}
-    data["tokens"][token_hash(token)] = entry
     file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text("# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
-                    + yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
-    file.chmod(0o600)
+    with open(file.with_name(file.name + ".lock"), "w") as lock:  # two issuers at once lose no token
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        load_tokens(settings)  # refuse to extend a broken file
+        data = (yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else None) or {"tokens": {}}
+        token = pysecrets.token_urlsafe(32)
+        data["tokens"][token_hash(token)] = {"name": name, "role": role,
+                                             **({"hospital_id": hospital_id} if hospital_id else {})}
+        _write_private(file, "# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
+                       + yaml.safe_dump(data, sort_keys=True))
     return token, file
+
+
+def _write_private(file: Path, text: str) -> None:
+    """Replace the file in one step (a reader never sees half of it), readable by its owner only from the start."""
+    partial = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(partial, file)
 
 
 def require(settings: Settings, principal: Principal, tables: list[str]) -> None:
@@ -126,11 +135,12 @@ class TokenBook:
         self._stamp = self._mtime()
         self._tokens = load_tokens(settings)  # a bad file is refused before the server starts
 
-    def _mtime(self) -> float | None:
+    def _mtime(self) -> tuple[int, int, int] | None:
         try:
-            return self.file.stat().st_mtime_ns
+            stat = self.file.stat()
         except FileNotFoundError:
             return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size  # a replaced file is a new inode
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -139,8 +149,7 @@ class TokenBook:
         stamp = self._mtime()
         if stamp != self._stamp:
             try:
-                self._tokens = load_tokens(self.settings)
-            except ConfigError as err:
+                self._tokens, self._stamp = load_tokens(self.settings), stamp
+            except ConfigError as err:  # tried again at the next request
                 log.error("keeping the previous API tokens: %s", err)
-            self._stamp = stamp
         return self._tokens.get(token_hash(token))

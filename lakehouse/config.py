@@ -624,8 +624,9 @@ class Role(Strict):
     def _admin_only_layers(self) -> Role:
         if not self.admin:
             for pattern in self.tables:
+                layers = pattern.split(".", 1)[0]  # "*" alone is every layer
                 for layer in ADMIN_ONLY_LAYERS:
-                    if fnmatch.fnmatchcase(f"{layer}.any_table", pattern):
+                    if fnmatch.fnmatchcase(layer, layers):
                         raise ValueError(f"{pattern!r} would let a non-admin role read {layer}, which is admin-only")
         return self
 

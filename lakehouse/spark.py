@@ -15,6 +15,9 @@ from lakehouse.config import Settings
 from lakehouse.errors import EnvironmentProblem
 
 LOOPBACK = "127.0.0.1"
+# how a session is sized, not what its results are: a running session keeps its own values
+SIZING = {"spark.sql.shuffle.partitions", "spark.databricks.delta.snapshotPartitions",
+          "spark.sql.sources.parallelPartitionDiscovery.threshold"}
 
 
 def check_java() -> str:
@@ -38,8 +41,9 @@ def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> Spar
     """A SparkSession with Delta, configured from settings; `extra` wins over everything (tests).
 
     When a session already runs in this process (a notebook's, or the test run's when it calls the CLI
-    in-process), it is reused, and only the settings it did not start with are applied to it: the ones it was
-    started with (the test run's 2 shuffle partitions) stay as they are."""
+    in-process), it is reused: the settings the data depends on (time zone, overwrite mode, change data feed,
+    charsets) are applied to it as always, but the sizing settings it started with (the test run's 2 shuffle
+    partitions) are kept."""
     active = SparkSession.getActiveSession()
     if active is None:
         check_java()
@@ -78,7 +82,7 @@ def build_spark(settings: Settings, extra: dict[str, str] | None = None) -> Spar
     conf.update(extra or {})
     if active is not None:
         started_with = active.sparkContext.getConf()
-        conf = {key: value for key, value in conf.items() if not started_with.contains(key)}
+        conf = {key: value for key, value in conf.items() if key not in SIZING or not started_with.contains(key)}
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:

@@ -122,6 +122,8 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
          "vault, which is admin-only"),
         ("access.yaml", lambda d: d["roles"]["analyst"]["tables"].append("*"), "roles.analyst",
          "bronze, which is admin-only"),
+        ("access.yaml", lambda d: d["roles"]["analyst"]["tables"].append("ops.audit_*"), "roles.analyst",
+         "ops, which is admin-only"),
         ("access.yaml", lambda d: d["roles"]["analyst"].update(tables=["indicators"]), "roles.analyst.tables",
          "not a <layer>.<table> pattern"),
         ("access.yaml", lambda d: d["roles"]["clinician"].update(hospital="H01"), "roles.clinician.hospital",
@@ -180,6 +182,7 @@ def test_api_tokens_are_stored_hashed_and_checked_against_the_policy(conf, tmp_p
                  "--hospital", "H01"]) == 0
     token = capsys.readouterr().out.splitlines()[1].strip()
     assert token not in tokens.read_text() and access.token_hash(token) in tokens.read_text()
+    assert tokens.stat().st_mode & 0o777 == 0o600
     assert access.TokenBook(settings).get(token) == access.Principal("dr_li", "clinician", "H01")
     assert access.TokenBook(settings).get(token + "x") is None
 

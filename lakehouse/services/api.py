@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import secrets
 import sys
 import time
 import urllib.request
@@ -21,11 +23,12 @@ from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lakehouse import access
 from lakehouse.access import AccessDenied, Principal
@@ -37,6 +40,7 @@ from lakehouse.services.store import DeltaStore, TableMissing
 
 log = logging.getLogger(__name__)
 SERVICE = "api"
+INSTANCE_ENV, INSTANCE_HEADER = "LAKEHOUSE_SERVER_INSTANCE", "X-Lakehouse-Instance"
 
 PERSON_KEY = r"^[0-9a-f]{64}$"  # HMAC-SHA256 hex (silver's keyed hash)
 NAME = r"^[a-z][a-z0-9_]{0,63}$"
@@ -218,8 +222,8 @@ def create_app(settings: Settings) -> FastAPI:
                             status_code=err.status_code,
                             headers={"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # the router's own 404 and 405 too
+    async def http_error(_: Request, err: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "bad_request")
         return JSONResponse(Error(error=kind, message=str(err.detail)).model_dump(exclude_none=True),
                             status_code=err.status_code)
@@ -264,8 +268,11 @@ def create_app(settings: Settings) -> FastAPI:
     def counted(request: Request, n: int) -> None:
         request.state.rows = (request.state.rows or 0) + n
 
+    instance = os.environ.get(INSTANCE_ENV, "")
+
     @app.get("/health", response_model=Health, tags=["service"])
-    def health() -> Health:
+    def health(response: Response) -> Health:
+        response.headers[INSTANCE_HEADER] = instance  # lets `start` tell its own server from another one
         versions = {}
         for ref in (TIMELINE, PATIENT_SUMMARY, COHORT_ATTRITION):
             versions[ref.qualified] = store.version(ref) if store.exists(ref) else None
@@ -283,10 +290,9 @@ def create_app(settings: Settings) -> FastAPI:
         visible_person(request, who, person_key)
         rows = read(request, who, TIMELINE, _equals("person_key", person_key, PERSON_KEY))  # then narrowed here
         if start:
-            rows = rows.filter(pc.greater_equal(rows.column("time"), pa.scalar(_utc(start), rows.schema.field(
-                "time").type)))
+            rows = rows.filter(pc.greater_equal(rows.column("time"), _bound("start", start, rows)))
         if end:
-            rows = rows.filter(pc.less(rows.column("time"), pa.scalar(_utc(end), rows.schema.field("time").type)))
+            rows = rows.filter(pc.less(rows.column("time"), _bound("end", end, rows)))
         if code:
             rows = rows.filter(_any(pc.starts_with(rows.column("code"), prefix) for prefix in code))
         rows = rows.sort_by([("time", "ascending"), ("code", "ascending")])
@@ -383,8 +389,13 @@ def _equals(column: str, value: str, pattern: str) -> str:
     return f"{column} = '{value}'"
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+def _bound(name: str, value: dt.datetime, rows: pa.Table) -> pa.Scalar:
+    """A time filter as a scalar of the time column's type (a naive time is UTC); 422 if it has no UTC time."""
+    try:
+        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid_request", f"query.{name}: {value.isoformat()} is out of range in UTC") from None
+    return pa.scalar(utc, rows.schema.field("time").type)
 
 
 def _any(masks) -> pa.ChunkedArray:
@@ -423,15 +434,16 @@ def serve(settings: Settings, port: int | None = None) -> None:
 def start(settings: Settings, argv: list[str], port: int | None = None) -> dict:
     """Start the API detached (`argv`: the serve-api command with --foreground); return its endpoints once
     /health answers."""
-    base = url(settings, port)
+    base, instance = url(settings, port), secrets.token_hex(8)
 
-    def healthy() -> bool:
+    def healthy() -> bool:  # this start's server, not another one already on the port
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                return response.status == 200
+                return response.status == 200 and response.headers.get(INSTANCE_HEADER) == instance
         except OSError:
             return False
 
     return daemon(settings).start([sys.executable, "-m", "lakehouse.cli", *argv],
                                   settings.main.services.api.start_timeout_seconds, healthy,
-                                  {"url": base, "openapi": f"{base}/openapi.json", "docs": f"{base}/docs"})
+                                  {"url": base, "openapi": f"{base}/openapi.json", "docs": f"{base}/docs"},
+                                  env={INSTANCE_ENV: instance})

@@ -1,8 +1,11 @@
 """The data services' audit trail: every request becomes a row of ops.audit_log.
 
 Rows are queued and appended with deltalake every `flush_seconds` (one commit per batch, not per request) and
-at shutdown. Each writer (one server process) numbers its rows and chains them by hash, so an edited or deleted
-row breaks its writer's chain while concurrent writers never fork one.
+at shutdown; a failed append keeps them for the next, and rows the last append could not write go to the server
+log (an append that fails after its commit landed would write its rows twice: `(writer, seq)` tells them
+apart). Each writer (one server process) numbers its rows and chains them by hash, so an edited or deleted row
+breaks its writer's chain while concurrent writers never fork one. The hash is not keyed: rewriting a whole
+chain, or cutting rows off its end, needs a keyed hash or a signed checkpoint to be caught.
 """
 
 from __future__ import annotations
@@ -90,3 +93,6 @@ class AuditLog:
         if self._thread.is_alive():
             self._thread.join()
         self.flush()
+        if self._pending:  # the last append failed: the rows go to the server log rather than nowhere
+            for entry in self._pending:
+                log.error("audit row not appended to ops.audit_log: %s", json.dumps(entry, default=str))

@@ -53,22 +53,25 @@ class Daemon:
         return self.folder / "ready.json"
 
     def pid(self) -> int | None:
-        """The running server's PID, or None (a stale PID file is removed)."""
+        """The running server's PID, or None (a stale PID file, or one whose PID now belongs to a process that
+        is not a lakehouse server, is removed)."""
         try:
             pid = int(self.pid_file.read_text().strip())
             os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else b"lakehouse.cli"
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
             self.pid_file.unlink(missing_ok=True)
             return None
-        except PermissionError:  # alive, another user's
-            return pid
+        if b"lakehouse.cli" not in command:  # the PID was reused
+            self.pid_file.unlink(missing_ok=True)
+            return None
         return pid
 
     def endpoints(self) -> dict:
         return json.loads(self.ready_file.read_text()) if self.ready_file.exists() else {}
 
     def start(self, argv: list[str], timeout: float, ready: Callable[[], bool] | None = None,
-              endpoints: dict | None = None) -> dict:
+              endpoints: dict | None = None, env: dict[str, str] | None = None) -> dict:
         """Launch `argv` detached and return its endpoints once it is ready: once it wrote the ready file or,
         for a server that cannot say so itself, once `ready()` is true (`endpoints` then go to the ready file)."""
         running = self.pid()
@@ -80,7 +83,7 @@ class Daemon:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             log.flush()
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, env={**os.environ, **(env or {})})
         self.pid_file.write_text(f"{process.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,7 +112,7 @@ class Daemon:
                 time.sleep(0.2)
             if _alive(pid):
                 os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
         self.pid_file.unlink(missing_ok=True)
         self.ready_file.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ and vault never) are registered.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from lakehouse import io, jars, progress
 from lakehouse.config import Settings
+from lakehouse.errors import UsageError
 from lakehouse.services.daemon import Daemon, write_ready
 from lakehouse.spark import build_spark, launched_by_spark_submit
 
@@ -37,6 +39,7 @@ def server_conf(settings: Settings, folder: Path, host: str, thrift_port: int, c
     """Spark settings of the endpoint's JVM: Hive catalog in the run folder, both servers' addresses."""
     conf = {
         "spark.sql.catalogImplementation": "hive",
+        "spark.sql.runSQLOnFiles": "false",  # no SELECT ... FROM delta.`<root>/vault/...`: registered tables only
         "spark.sql.warehouse.dir": str(folder / "warehouse"),
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={folder / 'metastore_db'};create=true",
@@ -59,6 +62,9 @@ def serve(settings: Settings, thrift_port: int | None = None, connect_port: int 
     """Run both servers in this process until SIGTERM or SIGINT (`lakehouse serve-sql --foreground`)."""
     sql = settings.main.services.sql
     thrift_port, connect_port = thrift_port or sql.thrift_port, connect_port or sql.connect_port
+    running = daemon(settings).pid()
+    if running and running != os.getpid():  # its metastore is about to be made anew
+        raise UsageError(f"the SQL endpoint is already running (pid {running}); stop it first")
     folder = daemon(settings).folder
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("metastore_db", "warehouse"):
