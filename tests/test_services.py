@@ -5,6 +5,7 @@ OpenAPI description, every request audited). Servers are started and stopped thr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -180,6 +181,9 @@ def test_api_answers_each_role_from_the_gold_tables(api_server):
     assert get(api_server, f"/persons/{busiest}/timeline", "researcher", limit=2).json()["truncated"] is True
     empty = get(api_server, f"/persons/{busiest}/timeline", "researcher", start="2024-01-01", end="2023-01-01")
     assert empty.status_code == 200 and empty.json()["events"] == []
+    edges = get(api_server, f"/persons/{busiest}/timeline", "researcher", start="0001-01-01T00:00:00+01:00",
+                end="9999-12-31T23:00:00-05:00")  # no UTC equivalent: the calendar's ends
+    assert len(edges.json()["events"]) == len(events)
 
     # the summary is the table's row; the clinician sees their hospital's persons only
     body = get(api_server, f"/persons/{busiest}/summary", "clinician").json()
@@ -237,7 +241,6 @@ def test_api_answers_each_role_from_the_gold_tables(api_server):
     ("/cohorts/no_such_cohort/attrition", "analyst", {}, 404, "not_found"),
     ("/cohorts/{cohort}/members", "analyst", {}, 403, "forbidden"),
     ("/cohorts/{cohort}/members", "researcher", {"limit": 0}, 422, "invalid_request"),
-    ("/persons/{person}/timeline", "researcher", {"start": "0001-01-01T00:00:00+01:00"}, 422, "invalid_request"),
     ("/no/such/path", "researcher", {}, 404, "not_found"),
 ])
 def test_api_refuses_bad_requests_with_a_clear_json_error(api_server, path, role, params, status, error):
@@ -251,7 +254,7 @@ def test_api_refuses_bad_requests_with_a_clear_json_error(api_server, path, role
     assert body["error"] == error and body["message"] and "Traceback" not in response.text
 
 
-FUZZ_CASES = 25  # per operation: bounded, so CI pays seconds
+FUZZ_CASES = int(os.environ.get("LAKEHOUSE_FUZZ_CASES", "25"))  # per operation: bounded, CI pays seconds
 
 
 def test_api_fuzzed_from_its_openapi_description(api_server):

@@ -45,7 +45,7 @@ INSTANCE_ENV, INSTANCE_HEADER = "LAKEHOUSE_SERVER_INSTANCE", "X-Lakehouse-Instan
 
 PERSON_KEY = r"^[0-9a-f]{64}$"  # HMAC-SHA256 hex (silver's keyed hash)
 NAME = r"^[a-z][a-z0-9_]{0,63}$"
-CODE_PREFIX = r"^[A-Za-z0-9]+//[^\s]*$"
+CODE_PREFIX = r"^[A-Za-z0-9]+//[^ \t\r\n]*$"  # explicit characters: JSON Schema's \s is not Python's
 PersonKey = Annotated[str, Path(pattern=PERSON_KEY, description="a person's pseudonymous key (64 hex)")]
 
 
@@ -153,7 +153,7 @@ class Health(BaseModel):
     tables: dict[str, int | None] = Field(description="served table -> Delta version (null: not built yet)")
 
 
-ERRORS = {code: {"model": Error} for code in (401, 403, 404)}
+ERRORS = {code: {"model": Error} for code in (401, 403, 404, 422)}  # 422 replaces FastAPI's own body
 
 
 class ApiError(HTTPException):
@@ -296,9 +296,9 @@ def create_app(settings: Settings) -> FastAPI:
         visible_person(request, who, person_key)
         rows = read(request, who, TIMELINE, _equals("person_key", person_key, PERSON_KEY))  # then narrowed here
         if start:
-            rows = rows.filter(pc.greater_equal(rows.column("time"), _bound("start", start, rows)))
+            rows = rows.filter(pc.greater_equal(rows.column("time"), _bound(start, rows)))
         if end:
-            rows = rows.filter(pc.less(rows.column("time"), _bound("end", end, rows)))
+            rows = rows.filter(pc.less(rows.column("time"), _bound(end, rows)))
         if code:
             rows = rows.filter(_any(pc.starts_with(rows.column("code"), prefix) for prefix in code))
         rows = rows.sort_by([("time", "ascending"), ("code", "ascending")])
@@ -395,12 +395,13 @@ def _equals(column: str, value: str, pattern: str) -> str:
     return f"{column} = '{value}'"
 
 
-def _bound(name: str, value: dt.datetime, rows: pa.Table) -> pa.Scalar:
-    """A time filter as a scalar of the time column's type (a naive time is UTC); 422 if it has no UTC time."""
+def _bound(value: dt.datetime, rows: pa.Table) -> pa.Scalar:
+    """A time filter as a scalar of the time column's type (a naive time is UTC). A time whose UTC equivalent
+    falls outside the calendar (year 1 at +01:00) is the calendar's first or last instant."""
     try:
         utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
     except OverflowError:
-        raise ApiError(422, "invalid_request", f"query.{name}: {value.isoformat()} is out of range in UTC") from None
+        utc = (dt.datetime.min if value.year < 5000 else dt.datetime.max).replace(tzinfo=dt.UTC)
     return pa.scalar(utc, rows.schema.field("time").type)
 
 
