@@ -742,9 +742,11 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     access_file = conf_dir / "access.yaml"
     access = _validate(AccessPolicy, _read_yaml(access_file), {}, str(access_file))
 
+    # what the data depends on: a job re-runs when it changes (the servers' ports and folders are not in it)
     digest = hashlib.sha256(
         json.dumps(
-            {"main": main.model_dump(mode="json"), "sources": {k: v.model_dump() for k, v in by_hospital.items()},
+            {"main": main.model_dump(mode="json", exclude={"services"}),
+             "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),
              "cohorts": {k: v.model_dump(mode="json") for k, v in cohorts.items()},

@@ -198,3 +198,12 @@ def test_api_tokens_are_stored_hashed_and_checked_against_the_policy(conf, tmp_p
     assert caught.value.file == str(tokens) and caught.value.key.endswith(".role")
     assert main(["serve-api", "--conf-dir", str(conf), "--root", str(tmp_path / "root")]) == 2
     assert "unknown role 'superuser'" in capsys.readouterr().err
+
+
+def test_the_servers_settings_do_not_change_the_configuration_hash(conf):
+    """Jobs re-run when the configuration hash changes: a server's port or folder must not rebuild silver."""
+    before = load_settings(conf, "local").config_hash
+    _edit(conf / "local" / "lakehouse.yaml", lambda d: d.update(services={"api": {"port": 9000}}))
+    assert load_settings(conf, "local").config_hash == before
+    _edit(conf / "local" / "lakehouse.yaml", lambda d: d["spark"].update(shuffle_partitions=3))
+    assert load_settings(conf, "local").config_hash != before
