@@ -36,7 +36,7 @@ from _common import PROJECT, session, write_results
 from _common import parser as bench_parser
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import access, io
 from lakehouse.catalog import PATIENT_SUMMARY, TIMELINE
 from lakehouse.gold.timeline import file_count, laid_out
 
@@ -73,19 +73,17 @@ def replicate(spark, settings, source: str, root: str, persons: int) -> dict:
     return found
 
 
-def serve(root: str, port: int, tokens: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "LAKEHOUSE_API_TOKENS_FILE": str(tokens)}
-    lakehouse = [sys.executable, "-m", "lakehouse.cli"]
-    if not tokens.exists():
-        out = subprocess.run([*lakehouse, "api-token", "--name", "bench", "--role", "researcher", "--root", root],
-                             env=env, capture_output=True, text=True, check=True, cwd=PROJECT)
-        (tokens.parent / "bench.token").write_text(out.stdout.splitlines()[1].strip())
-    process = subprocess.Popen([*lakehouse, "serve-api", "--foreground", "--root", root, "--port", str(port)],
-                               env=env, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serve(settings, root: str, port: int, tokens: Path) -> tuple[subprocess.Popen, str]:
+    """`lakehouse serve-api --foreground` on `root`, and a researcher token for it."""
+    os.environ[access.TOKENS_ENV] = str(tokens)  # this process issues the token, the server inherits the file
+    token, _ = access.add_token(settings, "bench", "researcher")
+    process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "serve-api", "--foreground", "--root", root,
+                                "--port", str(port)], cwd=PROJECT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     for _ in range(120):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process, (tokens.parent / "bench.token").read_text().strip()
+                return process, token
         except httpx.HTTPError:
             time.sleep(0.5)
     process.terminate()
@@ -159,7 +157,7 @@ def main() -> None:
                   .sample(fraction=min(1.0, 3 * args.requests / size), seed=size).limit(args.requests))
         people = [row.person_key for row in sample.collect()]  # bounded: --requests keys
         random.Random(size).shuffle(people)
-        process, token = serve(root, args.port, out / "tokens.yaml")
+        process, token = serve(settings, root, args.port, out / "tokens.yaml")
         try:
             found = {"persons": size, **made, **measure(f"http://127.0.0.1:{args.port}", token, people,
                                                           args.requests, args.seconds, args.clients)}

@@ -205,8 +205,11 @@ class EntitySource(Strict):
         return value
 
 
+HOSPITAL_PATTERN = r"^[A-Z][A-Z0-9_]{1,15}$"
+
+
 class SourceContract(Strict):
-    hospital_id: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,15}$")
+    hospital_id: str = Field(pattern=HOSPITAL_PATTERN)
     name: str
     quarantine_threshold: float = Field(0.05, ge=0, le=1,
                                         description="share of a run's rows read that may be quarantined; "

@@ -143,7 +143,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(region, settings, t
 def delta(path: str, query: str = "SELECT * FROM t") -> pa.Table:
     """A Delta table read the way the API reads it (delta-rs's engine; pyarrow's dataset over delta-rs leaves
     threads that abort the process at exit)."""
-    return store.run(DeltaTable(path), query)
+    return store.run(query, t=DeltaTable(path))
 
 
 def table(root: str, ref) -> list[dict]:

@@ -15,11 +15,9 @@ import math
 import os
 import re
 import secrets
-import sys
 import time
 import urllib.request
 from contextlib import asynccontextmanager
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import pyarrow as pa
@@ -34,10 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lakehouse import access
 from lakehouse.access import AccessDenied, Principal
 from lakehouse.catalog import COHORT_ATTRITION, PATIENT_SUMMARY, TIMELINE, cohort_table, predictions_table
-from lakehouse.config import Settings
+from lakehouse.config import HOSPITAL_PATTERN, Settings
 from lakehouse.services.audit import AuditLog
 from lakehouse.services.daemon import Daemon
-from lakehouse.services.store import DeltaStore, TableMissing
+from lakehouse.services.store import DeltaStore, TableMissing, select
 
 log = logging.getLogger(__name__)
 SERVICE = "api"
@@ -252,15 +250,19 @@ def create_app(settings: Settings) -> FastAPI:
         except AccessDenied as err:
             raise ApiError(403, "forbidden", str(err)) from None
 
-    def read(request: Request, who: Principal, ref, where: str | None = None,
-             columns: list[str] | None = None) -> pa.Table:
-        allow(who, ref)
+    def query(request: Request, who: Principal, tables: dict, sql: str) -> pa.Table:
+        """`sql` over the named tables, each allowed to the caller; the versions read go to the audit row."""
+        allow(who, *tables.values())
         try:
-            rows, version = store.read(ref, where, columns)
+            rows, versions = store.query(tables, sql)
         except TableMissing as err:
             raise ApiError(404, "not_found", f"{err}: run `lakehouse build`") from None
-        request.state.reads[ref.qualified] = version
+        request.state.reads.update(versions)
         return rows
+
+    def read(request: Request, who: Principal, ref, where: str | None = None,
+             columns: list[str] | None = None) -> pa.Table:
+        return query(request, who, {"t": ref}, select("t", where, columns))
 
     def visible_person(request: Request, who: Principal, person_key: str) -> dict[str, Any]:
         """The person's summary row; 404 unless they have one and, for a hospital-scoped role, it lists the
@@ -279,10 +281,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health", response_model=Health, tags=["service"])
     def health(response: Response) -> Health:
         response.headers[INSTANCE_HEADER] = instance  # lets `start` tell its own server from another one
-        versions = {}
-        for ref in (TIMELINE, PATIENT_SUMMARY, COHORT_ATTRITION):
-            versions[ref.qualified] = store.version(ref) if store.exists(ref) else None
-        return Health(status="ok", tables=versions)
+        return Health(status="ok", tables={ref.qualified: store.version(ref)
+                                           for ref in (TIMELINE, PATIENT_SUMMARY, COHORT_ATTRITION)})
 
     @app.get("/persons/{person_key}/timeline", response_model=Timeline, responses=ERRORS, tags=["persons"])
     def timeline(request: Request, who: Caller, person_key: PersonKey,
@@ -344,22 +344,24 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(404, "not_found", f"no cohort {name}; known: {sorted(settings.cohorts)}")
         return name
 
-    member_columns = [c for c in Member.model_fields]
+    member_columns = list(Member.model_fields)
 
     @app.get("/cohorts/{name}/members", response_model=Members, responses=ERRORS, tags=["cohorts"])
     def members(request: Request, who: Caller, name: CohortName,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0) -> Members:
-        rows = read(request, who, cohort_table(cohort_name(name)), columns=member_columns)
+        tables = {"c": cohort_table(cohort_name(name))}
+        scope = ""
         hospital = access.hospital_scope(settings, who)
-        if hospital:
-            persons = read(request, who, PATIENT_SUMMARY, columns=["person_key", "hospitals"])
-            mine = persons.filter(_has(persons.column("hospitals"), hospital)).column("person_key")
-            rows = rows.filter(pc.is_in(rows.column("person_key"), value_set=mine))
-        rows = rows.sort_by([("person_key", "ascending"), ("index_time", "ascending")])
-        page = rows.slice(offset, limit).to_pylist()
+        if hospital:  # the members whose summary lists the caller's hospital, found by the engine
+            tables["s"] = PATIENT_SUMMARY
+            scope = (f"WHERE person_key IN (SELECT person_key FROM s WHERE array_has(hospitals, "
+                     f"{_literal(hospital, HOSPITAL_PATTERN)}))")
+        total = query(request, who, tables, f"SELECT count(*) AS n FROM c {scope}").column("n")[0].as_py()
+        page = query(request, who, tables, f"SELECT {', '.join(member_columns)} FROM c {scope} "
+                                           f"ORDER BY person_key, index_time LIMIT {limit} OFFSET {offset}").to_pylist()
         counted(request, len(page))
-        return Members(cohort=name, total=rows.num_rows,
+        return Members(cohort=name, total=total,
                        members=[Member(**{**r, "criteria_met": r["criteria_met"] or []}) for r in page])
 
     @app.get("/cohorts/{name}/members/{person_key}", response_model=Members, responses=ERRORS, tags=["cohorts"])
@@ -388,11 +390,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _equals(column: str, value: str, pattern: str) -> str:
-    """A SQL equality on a value that matched its validation pattern (so it cannot carry SQL)."""
+def _literal(value: str, pattern: str) -> str:
+    """A SQL string literal of a value that matched its validation pattern (so it cannot carry SQL)."""
     if not re.match(pattern, value):
-        raise ValueError(f"{column} {value!r} does not match {pattern}")
-    return f"{column} = '{value}'"
+        raise ValueError(f"{value!r} does not match {pattern}")
+    return f"'{value}'"
+
+
+def _equals(column: str, value: str, pattern: str) -> str:
+    return f"{column} = {_literal(value, pattern)}"
 
 
 def _bound(value: dt.datetime, rows: pa.Table) -> pa.Scalar:
@@ -412,17 +418,9 @@ def _any(masks) -> pa.ChunkedArray:
     return result
 
 
-def _has(lists: pa.ChunkedArray, value: str) -> pa.Array:
-    """Per row of a list column: whether the list holds `value`."""
-    flat = pc.list_flatten(lists)
-    parents = pc.list_parent_indices(lists)
-    hits = pc.filter(parents, pc.equal(flat, value))
-    return pc.is_in(pa.array(range(len(lists)), pa.int64()), value_set=pc.cast(hits, pa.int64()))
-
-
 
 def daemon(settings: Settings) -> Daemon:
-    return Daemon(SERVICE, FilePath(settings.path(settings.main.services.run_dir)))
+    return Daemon.of(settings, SERVICE)
 
 
 def url(settings: Settings, port: int | None = None) -> str:
@@ -450,7 +448,6 @@ def start(settings: Settings, argv: list[str], port: int | None = None) -> dict:
         except OSError:
             return False
 
-    return daemon(settings).start([sys.executable, "-m", "lakehouse.cli", *argv],
-                                  settings.main.services.api.start_timeout_seconds, healthy,
+    return daemon(settings).start(argv, settings.main.services.api.start_timeout_seconds, healthy,
                                   {"url": base, "openapi": f"{base}/openapi.json", "docs": f"{base}/docs"},
                                   env={INSTANCE_ENV: instance})

@@ -10,11 +10,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
 
 
@@ -34,6 +36,11 @@ class ServiceFailed(LakehouseError):
 class Daemon:
     name: str
     run_dir: Path
+
+    @classmethod
+    def of(cls, settings: Settings, name: str) -> Daemon:
+        """The server `name` of this configuration (its files under services.run_dir)."""
+        return cls(name, Path(settings.path(settings.main.services.run_dir)))
 
     @property
     def folder(self) -> Path:
@@ -70,10 +77,12 @@ class Daemon:
     def endpoints(self) -> dict:
         return json.loads(self.ready_file.read_text()) if self.ready_file.exists() else {}
 
-    def start(self, argv: list[str], timeout: float, ready: Callable[[], bool] | None = None,
+    def start(self, command: list[str], timeout: float, ready: Callable[[], bool] | None = None,
               endpoints: dict | None = None, env: dict[str, str] | None = None) -> dict:
-        """Launch `argv` detached and return its endpoints once it is ready: once it wrote the ready file or,
-        for a server that cannot say so itself, once `ready()` is true (`endpoints` then go to the ready file)."""
+        """Run the lakehouse `command` (its --foreground form) detached and return its endpoints once it is
+        ready: once it wrote the ready file or, for a server that cannot say so itself, once `ready()` is true
+        (`endpoints` then go to the ready file)."""
+        argv = [sys.executable, "-m", "lakehouse.cli", *command]
         running = self.pid()
         if running:
             raise UsageError(f"the {self.name} server is already running (pid {running}); stop it first")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -28,7 +27,7 @@ NAME = "sql"
 
 
 def daemon(settings: Settings) -> Daemon:
-    return Daemon(NAME, Path(settings.path(settings.main.services.run_dir)))
+    return Daemon.of(settings, NAME)
 
 
 def endpoints(host: str, thrift_port: int, connect_port: int) -> dict[str, str]:
@@ -62,10 +61,11 @@ def serve(settings: Settings, thrift_port: int | None = None, connect_port: int 
     """Run both servers in this process until SIGTERM or SIGINT (`lakehouse serve-sql --foreground`)."""
     sql = settings.main.services.sql
     thrift_port, connect_port = thrift_port or sql.thrift_port, connect_port or sql.connect_port
-    running = daemon(settings).pid()
+    server = daemon(settings)
+    running = server.pid()
     if running and running != os.getpid():  # its metastore is about to be made anew
         raise UsageError(f"the SQL endpoint is already running (pid {running}); stop it first")
-    folder = daemon(settings).folder
+    folder = server.folder
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("metastore_db", "warehouse"):
         shutil.rmtree(folder / stale, ignore_errors=True)
@@ -75,20 +75,19 @@ def serve(settings: Settings, thrift_port: int | None = None, connect_port: int 
         progress.step("register", ref.qualified, done, len(served), "tables")
         io.register(spark, ref, settings.root)
     jvm = spark.sparkContext._jvm  # noqa: SLF001
-    server = jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2.startWithContext(
+    thrift = jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2.startWithContext(
         spark._jsparkSession.sqlContext())  # noqa: SLF001
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    write_ready(daemon(settings).ready_file, {**endpoints(sql.host, thrift_port, connect_port),
-                                              "tables": [ref.qualified for ref in served]})
-    print(f"serving {len(served)} tables: {endpoints(sql.host, thrift_port, connect_port)}", flush=True)
+    urls = endpoints(sql.host, thrift_port, connect_port)
+    write_ready(server.ready_file, {**urls, "tables": [ref.qualified for ref in served]})
+    print(f"serving {len(served)} tables: {urls}", flush=True)
     stop.wait()
-    server.stop()
+    thrift.stop()
     spark.stop()
 
 
 def start(settings: Settings, argv: list[str]) -> dict:
     """Start the servers detached (`argv`: the serve-sql command with --foreground) and return their endpoints."""
-    return daemon(settings).start([sys.executable, "-m", "lakehouse.cli", *argv],
-                                  timeout=settings.main.services.sql.start_timeout_seconds)
+    return daemon(settings).start(argv, timeout=settings.main.services.sql.start_timeout_seconds)

@@ -3,8 +3,8 @@
 Queries run in delta-rs's own engine (DataFusion through `QueryBuilder`): it prunes files by their Delta
 statistics and pages by the Parquet page index, and it honours every table feature delta-rs reads. (pyarrow's
 dataset over delta-rs's file-system handler was the other way; it leaves pyarrow I/O threads that abort the
-process at exit.) Each table is opened once and brought up to date when it was last checked more than
-`refresh_seconds` ago, so a new build shows without a restart and a burst of requests replays no log.
+process at exit.) Each table is opened once and opened anew when it was opened more than `refresh_seconds` ago,
+so a new build shows without a restart and a burst of requests replays no log.
 
 `where` is SQL: callers build it only from validated values (hex keys, names matching a pattern, timestamps).
 """
@@ -54,27 +54,40 @@ class DeltaStore:
                 current = self._open[ref.qualified] = _Open(table, table.version(), now)
             return current
 
-    def version(self, ref: TableRef) -> int:
-        return self._get(ref).version
+    def version(self, ref: TableRef) -> int | None:
+        """The version served, or None when the table has not been built."""
+        try:
+            return self._get(ref).version
+        except TableMissing:
+            return None
+
+    def query(self, tables: dict[str, TableRef], sql: str) -> tuple[pa.Table, dict[str, int]]:
+        """`sql` over the tables under the names given, and the version each was read at."""
+        opened = {name: self._get(ref) for name, ref in tables.items()}
+        return (run(sql, **{name: o.table for name, o in opened.items()}),
+                {tables[name].qualified: o.version for name, o in opened.items()})
 
     def read(self, ref: TableRef, where: str | None = None, columns: list[str] | None = None
              ) -> tuple[pa.Table, int]:
         """The rows matching the SQL condition `where`, and the version they were read at."""
-        current = self._get(ref)
-        select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
-        return run(current.table, f"SELECT {select} FROM t" + (f" WHERE {where}" if where else "")), current.version
+        rows, versions = self.query({"t": ref}, select("t", where, columns))
+        return rows, versions[ref.qualified]
 
     def exists(self, ref: TableRef) -> bool:
-        try:
-            self._get(ref)
-        except TableMissing:
-            return False
-        return True
+        return self.version(ref) is not None
 
 
-def run(table: DeltaTable, query: str) -> pa.Table:
-    """`query` over the table named `t`, in delta-rs's engine, with plain Arrow types."""
-    rows = pa.table(QueryBuilder().register("t", table).execute(query).read_all())
+def select(table: str, where: str | None = None, columns: list[str] | None = None) -> str:
+    names = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    return f"SELECT {names} FROM {table}" + (f" WHERE {where}" if where else "")
+
+
+def run(query: str, **tables: DeltaTable) -> pa.Table:
+    """`query` over the tables under their keyword names, in delta-rs's engine, with plain Arrow types."""
+    builder = QueryBuilder()
+    for name, table in tables.items():
+        builder = builder.register(name, table)
+    rows = pa.table(builder.execute(query).read_all())
     return rows.cast(pa.schema([field.with_type(_plain(field.type)) for field in rows.schema]))
 
 
