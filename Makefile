@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test notebooks status lint serve-sql stop-sql serve-api stop-api bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator clean help
+.PHONY: setup demo test notebooks status lint serve-sql stop-sql serve-api stop-api cluster-up cluster-down cluster-demo bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
@@ -19,6 +19,8 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make serve-sql / stop-sql - the SQL endpoint (Thrift JDBC/ODBC :10000, Spark Connect :15002) on the demo lakehouse"
 	@echo "make serve-api / stop-api - the REST read API (:8000) on the demo lakehouse; tokens: lakehouse api-token"
+	@echo "make cluster-up / cluster-down - a Spark standalone cluster on 127.0.0.1 (master :7077, UI :8080, two workers)"
+	@echo "make cluster-demo - the whole demo through spark-submit on that cluster (root: $(CLUSTER_ROOT))"
 	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"
@@ -70,6 +72,18 @@ serve-api: setup
 
 stop-api: setup
 	$(BIN)/lakehouse serve-api --stop
+
+cluster-up: setup
+	$(BIN)/lakehouse cluster up
+
+cluster-down: setup
+	$(BIN)/lakehouse cluster down
+
+# The demo through spark-submit on the cluster: the project as a --py-files build, executors on a Python
+# without the project; its own root so it runs every stage, whatever `make demo` left.
+CLUSTER_ROOT ?= var/cluster-demo/lakehouse
+cluster-demo: cluster-up
+	$(BIN)/lakehouse cluster --env cluster --root $(CLUSTER_ROOT) submit run-all
 
 # Benchmarks are measured, never part of `make test`; results go to bench/results/<date>-*.json.
 GEN_SIZES ?= 100000 1000000

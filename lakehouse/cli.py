@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -127,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True, help="who holds it (recorded in ops.audit_log)")
     token.add_argument("--role", required=True, help="a role of conf/access.yaml")
     token.add_argument("--hospital", help="the hospital of a hospital-scoped role (clinician)")
+    cluster = add("cluster", "a Spark standalone cluster on this machine (one master, cluster.workers workers; PIDs, "
+                  "logs and work folders under services.run_dir/cluster), and jobs submitted to it")
+    cluster.add_argument("action", choices=["up", "down", "status", "package", "submit"],
+                         help="package: zip the project for --py-files; submit STAGE [ARGS...]: spark-submit "
+                              "jobs/STAGE.py to the cluster, the project as a --py-files build, executors on a "
+                              "Python without the project")
+    cluster.add_argument("stage", nargs="?", help="with submit: a job of jobs/ (run-all, ingest, refine, ...)")
+    cluster.add_argument("stage_args", nargs=argparse.REMAINDER, help="with submit: the stage's own options")
+    add("audit-verify", "recompute every writer's hash chain of ops.audit_log; exit 1 naming the first broken "
+        "entry (edited, deleted, or replaced)")
     status_command = add("status", "the lakehouse at a glance: tables per layer with their latest Delta version, "
                          "the last run of each job, quarantined rows per hospital, each task's champion")
     status_command.add_argument("--json", action="store_true", help="print it as one JSON document")
@@ -444,6 +455,59 @@ def _api_token(args, settings: Settings) -> int:
     return 0
 
 
+def _cluster(args, settings: Settings) -> int:
+    from lakehouse.cluster import Cluster
+
+    cluster = Cluster.of(settings)
+    if args.action == "down":
+        stopped = cluster.down()
+        print(f"stopped {', '.join(stopped)}" if stopped else f"no cluster was running from {cluster.folder}")
+        return 0
+    if args.action == "up":
+        state = cluster.up()
+        print(f"cluster up: master {cluster.master_url} with {len(cluster.alive_workers(state))} workers alive "
+              f"(status: {cluster.status_url}; logs: {cluster.folder / 'logs'}; stop: lakehouse cluster down)")
+        return 0
+    if args.action == "package":
+        print(cluster.package())
+        return 0
+    state = cluster.state()
+    if args.action == "status":
+        if state is None:
+            print(f"no master answers at {cluster.status_url}")
+            return 1
+        print(f"master {cluster.master_url}: {state.get('status')}, {len(cluster.alive_workers(state))} workers alive, "
+              f"{len(state.get('activeapps', []))} applications running, {len(state.get('completedapps', []))} done")
+        return 0
+    if not args.stage:
+        raise UsageError("cluster submit needs a stage: lakehouse cluster submit run-all [--landing DIR]")
+    if state is None:
+        raise UsageError(f"no master answers at {cluster.status_url}: start the cluster first (lakehouse cluster up)")
+    command = cluster.submit_command(args.stage, settings, args.env, args.stage_args)
+    print("$ " + " ".join(command), file=sys.stderr, flush=True)
+    return subprocess.call(command, env=cluster.submit_env())
+
+
+def _audit_verify(args, settings: Settings) -> int:
+    from deltalake import DeltaTable
+
+    from lakehouse.catalog import AUDIT_LOG
+    from lakehouse.services import audit
+
+    if not DeltaTable.is_deltatable(AUDIT_LOG.path(settings.root)):
+        print(f"{AUDIT_LOG.qualified} is empty: nothing has been audited under {settings.root}")
+        return 0
+    verdict = audit.verify(settings.root)
+    if verdict.ok:
+        print(f"{AUDIT_LOG.qualified}: {verdict.entries} entries in {verdict.writers} chains, every chain intact")
+        return 0
+    print(f"error: {AUDIT_LOG.qualified} has been tampered with: {len(verdict.breaks)} of {verdict.writers} chains "
+          f"broken; the first broken entry is\n  {verdict.breaks[0]}", file=sys.stderr)
+    for later in verdict.breaks[1:]:
+        print(f"  also: {later}", file=sys.stderr)
+    return 1
+
+
 def _init_secrets(args, settings: Settings) -> int:
     file, created = secrets.init_secrets(settings)
     print(f"{'created' if created else 'kept existing'} secrets file {file}")
@@ -476,6 +540,8 @@ COMMANDS: dict[str, Callable] = {
     "serve-sql": _serve_sql,
     "serve-api": _serve_api,
     "api-token": _api_token,
+    "cluster": _cluster,
+    "audit-verify": _audit_verify,
 }
 
 

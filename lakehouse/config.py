@@ -123,6 +123,20 @@ class ServicesSettings(Strict):
     api: ApiSettings = ApiSettings()
 
 
+class ClusterSettings(Strict):
+    """The standalone cluster `lakehouse cluster up` starts on this machine (files under services.run_dir)."""
+
+    host: str = Field("127.0.0.1", description="address the master and the workers bind to")
+    port: Port = 7077
+    webui_port: Port = Field(8080, description="the master's web UI and JSON status (/json/)")
+    workers: PositiveInt = 2
+    worker_cores: PositiveInt = 1
+    worker_memory: str = Field("2g", pattern=r"^[0-9]+[mg]$", description="memory a worker offers its executors")
+    worker_webui_port: Port = Field(8081, description="worker i (from 0) serves its UI and JSON on this + i")
+    executor_memory: str = Field("1g", pattern=r"^[0-9]+[mg]$", description="a submitted job's executors' heap")
+    start_timeout_seconds: PositiveInt = 120
+
+
 class MainSettings(Strict):
     root: str = "var/lakehouse"
     landing: str = "var/sample/landing"
@@ -133,6 +147,7 @@ class MainSettings(Strict):
     demo: DemoSettings = DemoSettings()
     gold: GoldSettings = GoldSettings()
     services: ServicesSettings = ServicesSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
 
 # --- source contracts ---------------------------------------------------------------------------
@@ -745,10 +760,10 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     access_file = conf_dir / "access.yaml"
     access = _validate(AccessPolicy, _read_yaml(access_file), {}, str(access_file))
 
-    # what the data depends on: a job re-runs when it changes (the servers' ports and folders are not in it)
+    # what the data depends on: a job re-runs when it changes (the servers' and the cluster's ports and folders are not)
     digest = hashlib.sha256(
         json.dumps(
-            {"main": main.model_dump(mode="json", exclude={"services"}),
+            {"main": main.model_dump(mode="json", exclude={"services", "cluster"}),
              "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -96,3 +97,78 @@ class AuditLog:
         if self._pending:  # the last append failed: the rows go to the server log rather than nowhere
             for entry in self._pending:
                 log.error("audit row not appended to ops.audit_log: %s", json.dumps(entry, default=str))
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Break:
+    """The first entry of a writer's chain that does not hold."""
+
+    writer: str
+    seq: int
+    at: dt.datetime | None
+    reason: str
+
+    def __str__(self) -> str:
+        when = f" (at {self.at.isoformat()})" if self.at else ""
+        return f"writer {self.writer}, entry {self.seq}{when}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    entries: int
+    writers: int
+    breaks: list[Break]  # at most one per writer, earliest first
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+
+def verify(root: str) -> Verdict:
+    """Recompute every writer's chain of ops.audit_log: its entries numbered 1, 2, ... with no gap, each one's
+    prev_hash the hash of the one before, each hash that of its own content. An edited entry fails its hash, a
+    deleted one leaves a gap (or, at a chain's start, a first entry that is not 1); an entry written twice by a
+    retried append (the same content) is not a break. Reads the log in order in batches: the driver holds one
+    batch and one row per writer."""
+    from deltalake import DeltaTable, QueryBuilder
+
+    reader = QueryBuilder().register("log", DeltaTable(AUDIT_LOG.path(root))).execute(
+        "SELECT * FROM log ORDER BY writer, seq")
+    breaks: list[Break] = []
+    entries, writers = 0, 0
+    writer, prev, broken = None, None, False
+    for batch in reader:
+        for row in pa.record_batch(batch).to_pylist():
+            entries += 1
+            if row["writer"] != writer:
+                writer, prev, broken = row["writer"], None, False
+                writers += 1
+            if broken:
+                continue
+            problem = _problem(row, prev)
+            if problem == "repeat":
+                continue
+            if problem:
+                breaks.append(Break(writer, row["seq"], row["at"], problem))
+                broken = True
+            prev = row
+    return Verdict(entries, writers, sorted(breaks, key=lambda b: (b.at is None, b.at or dt.datetime.min, b.writer)))
+
+
+def _problem(row: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
+    expected_seq = 1 if prev is None else prev["seq"] + 1
+    if prev is not None and row["seq"] == prev["seq"]:
+        return "repeat" if row == prev else "two different entries have this number (one was edited or forged)"
+    if row["seq"] != expected_seq:
+        missing = (f"entries {expected_seq}..{row['seq'] - 1} are" if row["seq"] - expected_seq > 1
+                   else f"entry {expected_seq} is")
+        return f"{missing} missing (deleted), or the chain was cut"
+    expected_prev = "" if prev is None else prev["hash"]
+    if row["prev_hash"] != expected_prev:
+        return "its prev_hash is not the hash of the entry before it (that entry was edited and re-hashed, or replaced)"
+    entry = {**row, "versions": sorted(row["versions"] or [])}
+    if entry_hash(row["prev_hash"], entry) != row["hash"]:
+        return "its content does not match its hash (edited)"
+    return None
