@@ -138,8 +138,8 @@ AUDIT_LOG = TableRef(
     "target STRING, tables ARRAY<STRING>, versions MAP<STRING, BIGINT>, rows BIGINT, purpose STRING, "
     "outcome STRING, status INT, duration_ms DOUBLE, prev_hash STRING, hash STRING",
     keys=("writer", "seq"),
-    description="who read what, when and with what outcome: one row per data-service request; each writer's "
-                "rows are chained by hash (hash = sha256 of prev_hash and the row)",
+    description="who read what, when and with what outcome: one row per data-service request or research export; "
+                "each writer's rows are chained by hash (hash = sha256 of prev_hash and the row)",
 )
 
 # --- vault: direct identifiers, encrypted column by column ---------------------------------------

@@ -136,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "Python without the project")
     cluster.add_argument("stage", nargs="?", help="with submit: a job of jobs/ (run-all, ingest, refine, ...)")
     cluster.add_argument("stage_args", nargs=argparse.REMAINDER, help="with submit: the stage's own options")
+    export_command = add("export", "a de-identified research extract of a cohort (Parquet and CSV): keys unique to "
+                         "the export, dates shifted per person, quasi-identifiers generalised to k-anonymity, a risk "
+                         "summary beside it and in ops.audit_log")
+    export_command.add_argument("--cohort", required=True, help="a cohort of conf/cohorts")
+    export_command.add_argument("--purpose", required=True, help="why the data leaves (recorded in ops.audit_log)")
+    export_command.add_argument("--out", required=True, help="a new or empty folder")
+    rollback_command = add("rollback", "restore every table a run wrote to its version before that run (Delta "
+                           "RESTORE), logged as a run of its own; refused when later runs wrote those tables")
+    rollback_command.add_argument("--run", required=True, help="a run_id of ops.job_run (lakehouse status shows them)")
+    rollback_command.add_argument("--force", action="store_true", help="undo the later runs' commits to them too")
     add("audit-verify", "recompute every writer's hash chain of ops.audit_log; exit 1 naming the first broken "
         "entry (edited, deleted, or replaced)")
     status_command = add("status", "the lakehouse at a glance: tables per layer with their latest Delta version, "
@@ -488,6 +498,25 @@ def _cluster(args, settings: Settings) -> int:
     return subprocess.call(command, env=cluster.submit_env())
 
 
+def _export(args, settings: Settings) -> int:
+    from lakehouse.research_export import export_cohort
+
+    settings.cohort(args.cohort)
+    summary = export_cohort(_spark(settings), settings, args.cohort, args.purpose, args.out)
+    print(f"exported {summary.rows_out} rows ({summary.persons_out} persons) of cohort {summary.cohort} to "
+          f"{args.out}: k={summary.k} achieved {summary.k_achieved} at level {summary.level} "
+          f"({summary.generalisation}); {summary.rows_suppressed} of {summary.rows_in} rows suppressed; "
+          f"risk summary in {args.out}/risk_summary.json")
+    return 0
+
+
+def _rollback(args, settings: Settings) -> int:
+    from lakehouse.rollback import rollback
+
+    rollback(_spark(settings), settings, args.run, args.force)
+    return 0
+
+
 def _audit_verify(args, settings: Settings) -> int:
     from deltalake import DeltaTable
 
@@ -516,7 +545,7 @@ def _init_secrets(args, settings: Settings) -> int:
 
 # their start, end and outputs are reported by the job run they log (ops.job_run); the other commands get a
 # start and an end of their own
-LOGGED_JOBS = {"ingest", "refine", "link", "build", "cohort", "export-meds", "train", "score"}
+LOGGED_JOBS = {"ingest", "refine", "link", "build", "cohort", "export-meds", "train", "score", "rollback"}
 
 COMMANDS: dict[str, Callable] = {
     "generate": _generate,
@@ -542,6 +571,8 @@ COMMANDS: dict[str, Callable] = {
     "api-token": _api_token,
     "cluster": _cluster,
     "audit-verify": _audit_verify,
+    "rollback": _rollback,
+    "export": _export,
 }
 
 

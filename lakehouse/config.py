@@ -137,6 +137,14 @@ class ClusterSettings(Strict):
     start_timeout_seconds: PositiveInt = 120
 
 
+class ExportSettings(Strict):
+    """Research exports (`lakehouse export`): how much re-identification risk an extract may carry."""
+
+    k: int = Field(5, ge=2, description="every combination of the quasi-identifiers must hold at least k persons")
+    max_suppressed_share: float = Field(0.05, ge=0, le=1, description="rows that may be suppressed rather than "
+                                        "generalising the quasi-identifiers further")
+
+
 class MainSettings(Strict):
     root: str = "var/lakehouse"
     landing: str = "var/sample/landing"
@@ -148,6 +156,7 @@ class MainSettings(Strict):
     gold: GoldSettings = GoldSettings()
     services: ServicesSettings = ServicesSettings()
     cluster: ClusterSettings = ClusterSettings()
+    export: ExportSettings = ExportSettings()
 
 
 # --- source contracts ---------------------------------------------------------------------------
@@ -760,10 +769,10 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     access_file = conf_dir / "access.yaml"
     access = _validate(AccessPolicy, _read_yaml(access_file), {}, str(access_file))
 
-    # what the data depends on: a job re-runs when it changes (the servers' and the cluster's ports and folders are not)
+    # what the data depends on: a job re-runs when it changes (not the servers', the cluster's or the exports' settings)
     digest = hashlib.sha256(
         json.dumps(
-            {"main": main.model_dump(mode="json", exclude={"services", "cluster"}),
+            {"main": main.model_dump(mode="json", exclude={"services", "cluster", "export"}),
              "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),

@@ -18,6 +18,10 @@ from lakehouse.config import Settings
 from lakehouse.io import Written
 
 SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
+# every Delta commit a run makes carries `lakehouse-run:<run_id>` as its userMetadata (`lakehouse rollback` finds a
+# run's commits by it)
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+RUN_TAG = "lakehouse-run:"
 
 
 def git_revision(project_dir) -> str | None:
@@ -44,6 +48,7 @@ class JobRun:
     notes: list[str] = field(default_factory=list)
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     skipped: bool = False
+    _outer_tag: str | None = None
 
     def read(self, written: Written) -> None:
         self.inputs.append(written)
@@ -81,6 +86,8 @@ class JobRun:
 
     def __enter__(self) -> JobRun:
         progress.job_started(self.job)
+        self._outer_tag = self.spark.conf.get(USER_METADATA, None)
+        self.spark.conf.set(USER_METADATA, f"{RUN_TAG}{self.run_id}")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -97,6 +104,10 @@ class JobRun:
                 exc.logged_run = f"{self.job} run {self.run_id}"  # the CLI's advice points at it
         except Exception as log_err:  # never hide the job's own error behind a logging error
             print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
+        if self._outer_tag is None:
+            self.spark.conf.unset(USER_METADATA)
+        else:
+            self.spark.conf.set(USER_METADATA, self._outer_tag)
         seconds = (ended - self.started_at).total_seconds()
         progress.job_ended(self.job, status, seconds, self.outputs)
         print(self.summary(status, seconds, message))

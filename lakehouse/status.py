@@ -36,6 +36,7 @@ class LastRun:
     ended_at: dt.datetime
     seconds: float
     message: str
+    run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Status:
             lines.append("    none logged in ops.job_run")
         for r in self.runs:
             lines.append(f"    {r.job:<28} {r.status:<10} {r.ended_at:%Y-%m-%d %H:%M} {r.seconds:>8.1f}s  "
-                         f"{r.message[:60]}")
+                         f"run {r.run_id}  {r.message[:60]}")
         lines.append("  quarantine (rows per hospital and layer)")
         if not self.quarantine:
             lines.append("    empty")
@@ -127,7 +128,8 @@ def last_runs(spark: SparkSession, root: str) -> list[LastRun]:
     latest = Window.partitionBy("job").orderBy(F.col("ended_at").desc())
     rows = (io.read(spark, JOB_RUN, root).withColumn("n", F.row_number().over(latest)).where("n = 1")
             .orderBy(F.col("ended_at").desc()).collect())  # one row per job
-    return [LastRun(r.job, r.status, r.ended_at, (r.ended_at - r.started_at).total_seconds(), r.message or "")
+    return [LastRun(r.job, r.status, r.ended_at, (r.ended_at - r.started_at).total_seconds(), r.message or "",
+                    r.run_id)
             for r in rows]
 
 

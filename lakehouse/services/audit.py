@@ -45,10 +45,10 @@ def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
 
 
 class AuditLog:
-    def __init__(self, root: str, flush_seconds: float):
+    def __init__(self, root: str, flush_seconds: float, writer_kind: str = "api"):
         self.path = AUDIT_LOG.path(root)
         self.schema = arrow_schema(AUDIT_LOG)
-        self.writer = f"api@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.writer = f"{writer_kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq, self._prev = 0, ""
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -70,6 +70,12 @@ class AuditLog:
             entry["versions"] = sorted((entry["versions"] or {}).items())
             entry["hash"] = self._prev = entry_hash(self._prev, entry)
             self._pending.append(entry)
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Rows queued and not appended yet."""
+        with self._lock:
+            return list(self._pending)
 
     def flush(self) -> int:
         with self._lock:

@@ -1,0 +1,97 @@
+"""`lakehouse rollback --run RUN_ID`: every table a run wrote goes back to its version before that run.
+
+Each job run tags its Delta commits with `lakehouse-run:<run_id>` (the commit's userMetadata, set by `JobRun`),
+so a run's commits are found in each table's history by the tag, not by clocks. A table is restored (Delta
+RESTORE, one commit) to the version before the run's first commit to it; a table the run created is emptied (a
+DELETE: it keeps its schema and history). When another run committed to one of those tables after the bad run,
+restoring would undo that run too: the rollback is refused, naming those runs, unless `force` is given. The
+rollback is itself a job run in ops.job_run (its outputs the restored versions, its note what it undid), and
+its own commits carry its tag, so a rollback can be rolled back.
+
+MLflow's registered versions are not tables: a rolled-back `train` run's model version stays registered (the
+note says which), and moving the champion alias back is the registry's own operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import io
+from lakehouse.catalog import JOB_RUN, TableRef
+from lakehouse.config import Settings
+from lakehouse.errors import LakehouseError, UsageError
+from lakehouse.runlog import RUN_TAG, JobRun
+
+
+def tag(run_id: str) -> str:
+    return f"{RUN_TAG}{run_id}"
+
+
+class RollbackRefused(LakehouseError):
+    """Rolling back would undo later runs too."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Step:
+    table: str
+    first: int  # the run's first commit to the table
+    last: int  # its last
+    later_runs: tuple[str, ...]  # runs that committed to the table after it
+
+    @property
+    def target(self) -> int | None:
+        """The version to restore, or None when the run created the table."""
+        return self.first - 1 if self.first > 0 else None
+
+
+def plan(spark: SparkSession, settings: Settings, run_id: str) -> tuple[str, list[Step]]:
+    """The job of `run_id` and what rolling it back restores, from each written table's history."""
+    runs = io.read(spark, JOB_RUN, settings.root).where(F.col("run_id") == run_id).select("job", "outputs").collect()
+    if not runs:
+        raise UsageError(f"no run {run_id!r} in {JOB_RUN.qualified}: `lakehouse status` lists the last runs")
+    job, outputs = runs[0].job, runs[0].outputs
+    steps = []
+    for output in outputs:
+        layer, name = output.table.split(".", 1)
+        ref = TableRef(layer, name, "")
+        history = (DeltaTable.forPath(spark, ref.path(settings.root)).history()
+                   .select("version", "userMetadata").where(F.col("version") >= 0))
+        mine = history.where(F.col("userMetadata") == tag(run_id)).agg(F.min("version"), F.max("version")).first()
+        if mine[0] is None:
+            raise UsageError(f"{output.table} has no commit tagged with run {run_id} (a run from before runs were "
+                             "tagged, or the table was replaced since): it cannot be rolled back by run")
+        later = sorted({r.userMetadata or "(untagged)" for r in
+                        history.where(F.col("version") > mine[1]).select("userMetadata").distinct().collect()})
+        steps.append(Step(output.table, mine[0], mine[1], tuple(m.removeprefix(RUN_TAG) for m in later)))
+    return job, steps
+
+
+def rollback(spark: SparkSession, settings: Settings, run_id: str, force: bool = False) -> JobRun:
+    job, steps = plan(spark, settings, run_id)
+    blocked = [s for s in steps if s.later_runs]
+    if blocked and not force:
+        raise RollbackRefused("rolling back run " + run_id + " would also undo later runs: " + "; ".join(
+            f"{s.table} has commits of {', '.join(s.later_runs)} after it" for s in blocked)
+            + ". Roll those back first (newest first), or pass --force to undo them with it")
+    with JobRun(spark, settings, "rollback") as run:
+        for step in steps:
+            layer, name = step.table.split(".", 1)
+            ref = TableRef(layer, name, "")
+            table = DeltaTable.forPath(spark, ref.path(settings.root))
+            if step.target is None:
+                table.delete()
+                run.note(f"{step.table}: created by run {run_id}, emptied")
+            else:
+                table.restoreToVersion(step.target)
+                run.note(f"{step.table}: restored to version {step.target} (run {run_id} wrote "
+                         f"{step.first}..{step.last})")
+            run.wrote(io.describe(spark, ref, settings.root))
+        run.note(f"rolled back {job} run {run_id}" + (", undoing later runs too (--force)" if blocked else "")
+                 + ("; its registered model version stays in MLflow" if job.startswith("train") else ""))
+    return run

@@ -1,0 +1,119 @@
+"""`lakehouse export`: a cohort leaves the platform de-identified. On the shared region's diabetes cohort: every
+combination of the quasi-identifiers holds at least k persons, rows are kept or counted as suppressed, keys and
+dates cannot be joined back (a test salt maps them back to check the shift), the risk summary and the audit row
+are written; and the choice of generalisation level on a crafted frame."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from lakehouse import io
+from lakehouse.catalog import AUDIT_LOG, cohort_table
+from lakehouse.errors import ConfigError, UsageError
+from lakehouse.research_export import LEVELS, SHIFT_WEEKS, ExportRefused, choose_level, export_cohort, generalised
+from lakehouse.services import audit
+from lakehouse.services.store import run as delta_query
+
+COHORT = "diabetes_inpatients"
+QI = ["age_band", "sex", "hospital", "admission_year"]
+SALT = "ab" * 32
+PURPOSE = f"test: k-anonymity {time.time_ns()}"  # unique, so a reused region's older rows do not count
+
+
+@pytest.fixture(scope="module")
+def exported(region, spark, settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "diabetes"
+    summary = export_cohort(spark, settings, COHORT, PURPOSE, str(out), salt=SALT)
+    return summary, out
+
+
+def test_every_combination_holds_k_persons_and_nothing_is_lost(exported, spark, settings):
+    summary, out = exported
+    data = spark.read.parquet(str(out / "parquet"))
+    assert summary.k == settings.main.export.k == 5
+    smallest = data.groupBy(*QI).agg(F.countDistinct("subject_id").alias("n")).agg(F.min("n")).first()[0]
+    assert summary.rows_out > 0 and smallest >= summary.k and summary.k_achieved == smallest
+    source = io.read(spark, cohort_table(COHORT), settings.root)
+    assert summary.rows_in == source.count() == summary.rows_out + summary.rows_suppressed
+    assert summary.rows_suppressed <= summary.max_suppressed_share * summary.rows_in
+    assert data.count() == summary.rows_out == spark.read.option("header", True).csv(str(out / "csv")).count()
+    assert set(data.columns) == {"subject_id", "event_id", "index_time", *QI, "criteria_met", "flags", "series"}
+    assert json.loads((out / "risk_summary.json").read_text())["k_achieved"] == smallest
+    assert data.where(F.col("age_band").rlike("^(9[0-9]|1[0-9][0-9])-")).count() == 0  # 90 and over are "90+"
+
+
+def test_keys_and_dates_cannot_be_joined_back_but_intervals_are_kept(exported, spark, settings):
+    _, out = exported
+    data = spark.read.parquet(str(out / "parquet"))
+    source = io.read(spark, cohort_table(COHORT), settings.root)
+    assert data.join(source, data.subject_id == source.person_key).count() == 0
+    mapped = source.withColumn("subject_id", F.substring(F.sha2(F.concat(F.lit(f"{SALT}:person:"),
+                                                                          F.col("person_key")), 256), 1, 20))
+    pairs = data.alias("e").join(mapped.alias("s"), ["subject_id"]).where(
+        F.col("e.event_id") == F.substring(F.sha2(F.concat(F.lit(f"{SALT}:event:"), F.col("s.encounter_key")), 256),
+                                           1, 20))
+    shifts = pairs.select("subject_id", ((F.unix_timestamp("e.index_time") - F.unix_timestamp("s.index_time"))
+                                         / (7 * 86400)).alias("weeks"))
+    assert pairs.count() == data.count()
+    low, high = SHIFT_WEEKS
+    per_person = shifts.groupBy("subject_id").agg(F.min("weeks").alias("lo"), F.max("weeks").alias("hi")).collect()
+    assert all(r.lo == r.hi and low <= r.lo < high and r.lo == int(r.lo) for r in per_person)
+    assert len({r.lo for r in per_person}) > 1  # a secret offset per person, not one for all
+
+    def gaps(frame, prefix):
+        return frame.select(F.explode(f"{prefix}.series").alias("code", "points"), f"{prefix}.index_time").select(
+            F.explode("points").alias("p"), "index_time").select(
+            (F.unix_timestamp("p.time") - F.unix_timestamp("index_time")).alias("gap"))
+    # the series' times keep their distance to the index time
+    assert sorted(r.gap for r in gaps(pairs, "e").collect()) == sorted(r.gap for r in gaps(pairs, "s").collect())
+
+
+def test_the_export_is_audited_and_each_export_has_its_own_keys(exported, spark, settings, tmp_path):
+    summary, out = exported
+    rows = delta_query("SELECT * FROM log WHERE action = 'export'",
+                       log=DeltaTable(AUDIT_LOG.path(settings.root))).to_pylist()
+    mine = [r for r in rows if r["purpose"] == PURPOSE]
+    assert len(mine) == 1 and mine[0]["rows"] == summary.rows_out and mine[0]["writer"].startswith("export@")
+    assert f"k=5, achieved {summary.k_achieved}" in mine[0]["outcome"]
+    assert dict(mine[0]["versions"]) == {f"gold.cohort_{COHORT}": summary.cohort_version}
+    assert audit.verify(settings.root).ok
+    again = export_cohort(spark, settings, COHORT, "test: a second export", str(tmp_path / "again"))
+    assert again.rows_out == summary.rows_out
+    one = {r.subject_id for r in spark.read.parquet(str(out / "parquet")).select("subject_id").collect()}
+    two = {r.subject_id for r in spark.read.parquet(str(tmp_path / "again" / "parquet")).select("subject_id").collect()}
+    assert one and not one & two
+
+
+def test_bad_exports_are_refused_before_anything_is_written(exported, spark, settings, tmp_path):
+    _, out = exported
+    with pytest.raises(UsageError, match="declared purpose"):
+        export_cohort(spark, settings, COHORT, "  ", str(tmp_path / "a"))
+    with pytest.raises(ExportRefused, match="is not empty"):
+        export_cohort(spark, settings, COHORT, "again", str(out))
+    with pytest.raises(ConfigError, match="no such cohort"):
+        export_cohort(spark, settings, "nope", "why", str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_first_level_that_is_k_anonymous_is_chosen(spark):
+    rows = spark.createDataFrame(
+        [("p1", 41, "F", "H01", 2023), ("p2", 46, "F", "H01", 2023), ("p3", 47, "F", "H01", 2023),
+         ("p4", 44, "F", "H01", 2023), ("p5", 72, "M", "H02", 2021)],
+        "person_key string, age int, sex string, hospital_id string, year int")
+    # 5-year bands: 40-44 and 45-49 each hold 2 persons, p5 is alone: 1 of 5 rows over a 20% budget at k=2
+    number, _, small = choose_level(rows, k=2, max_share=0.2)
+    assert (number, small) == (0, 1)
+    # with no budget, p5 has to be generalised away with everything else: only the level without any detail
+    number, _, small = choose_level(rows, k=2, max_share=0.0)
+    assert small == 0 and number == 7
+    # k=3: 5-year bands split the four 40-somethings 2 + 2; 10-year bands hold all four
+    number, _, small = choose_level(rows, k=3, max_share=0.2)
+    assert (number, small) == (1, 1)
+    # bands stop below 90: everyone 90 and over is "90+"
+    ages = spark.createDataFrame([("p", 85, "F", "H01", 2023), ("q", 93, "F", "H01", 2023)], rows.schema)
+    assert [r.age_band for r in generalised(ages, LEVELS[3]).orderBy("age").collect()] == ["80-89", "90+"]

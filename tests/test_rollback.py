@@ -1,0 +1,79 @@
+"""`lakehouse rollback --run RUN_ID`: the tables a run wrote go back to their versions before it, found by the
+run's tag on its Delta commits; a rollback that would undo a later run is refused unless forced; a table the run
+created is emptied; the rollback is a logged run of its own. Small tables in a private root, real Delta."""
+
+from __future__ import annotations
+
+import pytest
+from chispa import assert_df_equality
+from conftest import CONF
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from lakehouse import cli, io
+from lakehouse.catalog import JOB_RUN, TableRef
+from lakehouse.config import load_settings
+from lakehouse.errors import UsageError
+from lakehouse.rollback import RollbackRefused, rollback
+from lakehouse.runlog import JobRun
+
+PROBE = TableRef("gold", "probe", "id INT, v STRING")
+FRESH = TableRef("gold", "fresh", "id INT, v STRING")
+
+
+@pytest.fixture
+def private(tmp_path):
+    return load_settings(CONF, "local", str(tmp_path / "root"))
+
+
+def _rows(spark, *rows):
+    return spark.createDataFrame(list(rows), PROBE.schema)
+
+
+def _run(spark, settings, job, *writes) -> str:
+    """A job run doing `writes` (functions of the run) and returning its run id."""
+    with JobRun(spark, settings, job) as run:
+        for write in writes:
+            run.wrote(write())
+    return run.run_id
+
+
+def _probe(spark, settings):
+    return io.read(spark, PROBE, settings.root)
+
+
+def test_rollback_restores_what_a_run_wrote_and_refuses_to_undo_later_runs(spark, private):
+    root = private.root
+    first = _run(spark, private, "probe-a", lambda: io.append(spark, _rows(spark, (1, "a"), (2, "b")), PROBE, root))
+    bad = _run(spark, private, "probe-b",
+               lambda: io.overwrite(spark, _rows(spark, (1, "x")), PROBE, root),
+               lambda: io.append(spark, _rows(spark, (3, "c")), PROBE, root))
+    assert first != bad and _probe(spark, private).count() == 2
+
+    done = rollback(spark, private, bad)
+    assert_df_equality(_probe(spark, private), _rows(spark, (1, "a"), (2, "b")), ignore_row_order=True)
+    last = DeltaTable.forPath(spark, PROBE.path(root)).history(1).first()
+    assert (last.version, last.operation, last.userMetadata) == (3, "RESTORE", f"lakehouse-run:{done.run_id}")
+    logged = io.read(spark, JOB_RUN, root).where(F.col("run_id") == done.run_id).first()
+    assert logged.job == "rollback" and logged.status == "succeeded"
+    assert [(o.table, o.version) for o in logged.outputs] == [("gold.probe", 3)]
+    assert f"gold.probe: restored to version 0 (run {bad} wrote 1..2)" in logged.message
+
+    # a later run wrote the table: rolling back the earlier one would undo it too
+    early = _run(spark, private, "probe-c", lambda: io.append(spark, _rows(spark, (4, "d")), PROBE, root))
+    later = _run(spark, private, "probe-d", lambda: io.append(spark, _rows(spark, (5, "e")), PROBE, root))
+    with pytest.raises(RollbackRefused, match=f"gold.probe has commits of {later} after it"):
+        rollback(spark, private, early)
+    assert cli.main(["rollback", "--run", early, "--conf-dir", str(CONF), "--root", root]) == 2
+    assert _probe(spark, private).count() == 4  # refused before anything was restored
+    rollback(spark, private, early, force=True)
+    assert_df_equality(_probe(spark, private), _rows(spark, (1, "a"), (2, "b")), ignore_row_order=True)
+
+
+def test_rollback_empties_a_table_the_run_created_and_names_an_unknown_run(spark, private):
+    created = _run(spark, private, "fresh", lambda: io.append(spark, _rows(spark, (1, "a")), FRESH, private.root))
+    assert cli.main(["rollback", "--run", created, "--conf-dir", str(CONF), "--root", private.root]) == 0
+    table = io.read(spark, FRESH, private.root)
+    assert table.count() == 0 and table.columns == ["id", "v"]  # the schema and the history stay
+    with pytest.raises(UsageError, match="no run 'nosuchrun' in ops.job_run"):
+        rollback(spark, private, "nosuchrun")
