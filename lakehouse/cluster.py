@@ -127,6 +127,11 @@ class Cluster:
             result = self._daemon("stop", cls, int(instance))
             if "stopping" in result.stdout:
                 stopped.append(f"{cls.rsplit('.', 1)[-1].lower()} {instance}")
+        # spark-daemon.sh only signals: wait until the ports are free, so an `up` right after works
+        ports = (self.spec.port, self.spec.webui_port, *self.worker_ports())
+        deadline = time.monotonic() + 30
+        while stopped and any(_in_use(self.spec.host, p) for p in ports) and time.monotonic() < deadline:
+            time.sleep(0.5)
         return stopped
 
     def _check(self, result: subprocess.CompletedProcess, what: str) -> None:

@@ -2,19 +2,27 @@
 
 What leaves the platform, per index event of `gold.cohort_<name>`:
 - `subject_id`, a key unique to this export (sha256 of a random per-export salt and the person key; the salt is
-  never stored, so two exports cannot be joined on it) and `event_id` likewise for the encounter key;
-- every date shifted per person by a secret random whole number of weeks (100-200 years forward, the same for all
-  of a person's dates: intervals, weekdays and times of day are kept, calendar years are not);
-- the quasi-identifiers (age band, sex, hospital, admission year), generalised together, one level at a time
-  (`LEVELS`, global recoding) until every combination that occurs holds at least k persons once the rows of the
-  smaller combinations are suppressed, and those are at most `max_suppressed_share` of the rows; the first level
-  that achieves this is used (the most detail that is still safe). Ages of 90 and over are always `90+`;
+  never stored and enters the query as data, not as a literal in its plan, so two exports cannot be joined on
+  it) and `event_id` likewise for the encounter key;
+- every date shifted per person by a secret random number of seconds, 100 to 200 years forward, the same for all
+  of a person's dates: intervals between a person's events are kept; calendar dates, weekdays and times of day
+  are not;
+- the quasi-identifiers (age band, sex, hospital, admission year) of the person, taken from their first index
+  event, so each person is in one combination and k counts persons; generalised together one level at a time
+  (`LEVELS`, global recoding) until every combination left holds at least k persons once the persons of the
+  smaller ones are suppressed, and their rows are at most `max_suppressed_share` of the rows; the first level
+  that achieves this is used (the most detail that is still safe). Ages of 90 and over are always `90+`. A
+  cohort that no level makes safe (fewer than k persons) is refused;
 - criteria met, flags and the measurement series (their times shifted).
 
-Written as Parquet and CSV folders (the series as JSON text in the CSV), with `risk_summary.json` beside them:
-k asked and achieved, the level and what it generalised, rows and persons in and out, rows suppressed. The same
-summary is the export's row in ops.audit_log, with the declared purpose, the user, and the cohort's Delta
-version. Counting per combination is a Spark aggregate: only the (small) table of combinations reaches the driver.
+Written aside and published as Parquet and CSV folders (the series as JSON text in the CSV), with
+`risk_summary.json` beside them, only after the export's row is in ops.audit_log (user, declared purpose, the
+cohort's Delta version, the risk summary): nothing leaves unaudited. Counting per combination is a Spark
+aggregate: only the (small) table of combinations reaches the driver.
+
+Residual risk, said plainly: someone who holds the source records can still match a person by the exact
+intervals between their events (what date shifting keeps by design); the clinical values are not checked for
+diversity within a combination (l-diversity).
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ from __future__ import annotations
 import getpass
 import json
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse import io
@@ -36,7 +45,7 @@ from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.services.audit import AuditLog
 
 QUASI_IDENTIFIERS = ("age_band", "sex", "hospital", "admission_year")
-SHIFT_WEEKS = (5218, 10436)  # 100 to 200 years
+SHIFT_SECONDS = (100 * 365 * 86400, 200 * 365 * 86400)  # a person's dates move 100 to 200 years forward
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class RiskSummary:
     rows_suppressed: int
     classes: int
     max_suppressed_share: float
-    date_shift: str = "per person, a secret whole number of weeks between 100 and 200 years forward"
+    date_shift: str = "per person, a secret number of seconds between 100 and 200 years forward"
     keys: str = "subject_id and event_id are keyed by a random salt of this export, not stored"
 
 
@@ -91,29 +100,36 @@ def _band(column: Column, width: int, top: int | None = None) -> Column:
     return band if top is None else F.when(column >= top, F.lit(f"{top}+")).otherwise(band)
 
 
-def generalised(rows: DataFrame, level: Level) -> DataFrame:
-    """The quasi-identifier columns at `level` (from `age`, `sex`, `hospital_id`, `year`)."""
-    return rows.select(
+def generalised(persons: DataFrame, level: Level) -> DataFrame:
+    """The quasi-identifier columns at `level` (from `age`, `sex`, `hospital_id`, `year`; a missing value is a
+    value of its own, `unknown`)."""
+    unknown = F.lit("unknown")
+    return persons.select(
         "*",
-        (_band(F.col("age"), level.age_years, 90) if level.age_years else F.lit("*")).alias("age_band"),
-        (F.coalesce(F.col("sex"), F.lit("unknown")) if level.sex else F.lit("*")).alias("sex_g"),
-        (F.col("hospital_id") if level.hospital else F.lit("*")).alias("hospital"),
-        (_band(F.col("year"), level.year_span) if level.year_span > 1 else F.col("year").cast("string")
-         if level.year_span else F.lit("*")).alias("admission_year"),
+        (F.coalesce(_band(F.col("age"), level.age_years, 90), unknown) if level.age_years else F.lit("*"))
+        .alias("age_band"),
+        (F.coalesce(F.col("sex"), unknown) if level.sex else F.lit("*")).alias("sex_g"),
+        (F.coalesce(F.col("hospital_id"), unknown) if level.hospital else F.lit("*")).alias("hospital"),
+        (F.coalesce(_band(F.col("year"), level.year_span) if level.year_span > 1 else F.col("year").cast("string"),
+                    unknown) if level.year_span else F.lit("*")).alias("admission_year"),
     )
 
 
-def choose_level(rows: DataFrame, k: int, max_share: float) -> tuple[int, DataFrame, int]:
-    """The first level whose combinations of fewer than k persons hold at most max_share of the rows; the
-    combinations' person and row counts at that level, and the rows to suppress."""
-    total = rows.count()
+CLASS = ["age_band", "sex_g", "hospital", "admission_year"]
+
+
+def choose_level(persons: DataFrame, k: int, max_share: float) -> tuple[int, DataFrame, int] | None:
+    """`persons`: one row per person with `age`, `sex`, `hospital_id`, `year` and `rows` (the person's rows).
+    The first level whose combinations of fewer than k persons carry at most max_share of the rows, with the
+    combinations' person and row counts at that level and the rows to suppress; None when no level does."""
+    total = persons.agg(F.sum("rows")).first()[0] or 0
     for number, level in enumerate(LEVELS):
-        classes = (generalised(rows, level).groupBy("age_band", "sex_g", "hospital", "admission_year")
-                   .agg(F.countDistinct("person_key").alias("persons"), F.count(F.lit(1)).alias("rows")))
+        classes = (generalised(persons, level).groupBy(*CLASS)
+                   .agg(F.count(F.lit(1)).alias("persons"), F.sum("rows").alias("rows")))
         small = classes.where(F.col("persons") < k).agg(F.coalesce(F.sum("rows"), F.lit(0))).first()[0]
-        if small <= max_share * total or number == len(LEVELS) - 1:
+        if small <= max_share * total:
             return number, classes, int(small)
-    raise AssertionError("unreachable")
+    return None
 
 
 def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose: str, out: str,
@@ -131,51 +147,70 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
     spec = settings.main.export
     started = time.monotonic()
     version = io.latest_version(spark, ref, settings.root)
-    salt = salt or secrets.token_hex(32)
     source = io.read(spark, ref, settings.root, version)
+    # the salt joins as data, so it is never a literal in a query plan (the UI, event logs)
+    salted = source.crossJoin(F.broadcast(spark.createDataFrame([(salt or secrets.token_hex(32),)], "salt string")))
 
-    def keyed(column: str, purpose_tag: str) -> Column:
-        return F.substring(F.sha2(F.concat(F.lit(f"{salt}:{purpose_tag}:"), F.col(column)), 256), 1, 20)
+    def keyed(column: str, kind: str) -> Column:
+        return F.substring(F.sha2(F.concat_ws(":", F.col("salt"), F.lit(kind), F.col(column)), 256), 1, 20)
 
-    low, high = SHIFT_WEEKS
-    weeks = F.conv(F.substring(F.sha2(F.concat(F.lit(f"{salt}:shift:"), F.col("person_key")), 256), 1, 12), 16, 10)
-    rows = source.select(
-        "*",
-        F.col("age_at_index").alias("age"),
-        F.year("index_time").alias("year"),
-        (F.lit(low) + weeks.cast("long") % (high - low)).cast("int").alias("shift_weeks"),
-    )
-    number, classes, small = choose_level(rows, spec.k, spec.max_suppressed_share)
+    # the quasi-identifiers are a person's, from their first index event: one class per person, so k counts
+    # persons and a person's several events cannot narrow down their shift through several exact years
+    first = Window.partitionBy("person_key").orderBy("index_time", "encounter_key")
+    low, high = SHIFT_SECONDS
+    draw = F.conv(F.substring(F.sha2(F.concat_ws(":", F.col("salt"), F.lit("shift"), F.col("person_key")), 256),
+                              1, 15), 16, 10).cast("long")
+    persons = (salted.select("person_key", "salt", F.col("age_at_index").alias("age"), "sex", "hospital_id",
+                             F.year("index_time").alias("year"), F.row_number().over(first).alias("n"),
+                             F.count(F.lit(1)).over(Window.partitionBy("person_key")).alias("rows"))
+               .where("n = 1").drop("n")
+               .withColumn("shift_seconds", F.lit(low) + draw % F.lit(high - low)))
+    totals = persons.agg(F.count(F.lit(1)), F.sum("rows")).first()
+    if not totals[0]:
+        raise ExportRefused(f"{ref.qualified} has no members: there is nothing to export")
+    chosen = choose_level(persons, spec.k, spec.max_suppressed_share)
+    if chosen is None:
+        raise ExportRefused(f"{ref.qualified} holds {totals[0]} persons: fewer than k={spec.k} in any combination, "
+                            "even with every quasi-identifier removed; nothing can leave without identifying them")
+    number, classes, small = chosen
     level = LEVELS[number]
-    safe = classes.where(F.col("persons") >= spec.k).select("age_band", "sex_g", "hospital", "admission_year")
-    kept = generalised(rows, level).join(F.broadcast(safe), ["age_band", "sex_g", "hospital", "admission_year"])
+    safe = classes.where(F.col("persons") >= spec.k).select(*CLASS)
+    kept = generalised(persons, level).join(F.broadcast(safe), CLASS).select(
+        "person_key", "salt", "shift_seconds", "age_band", F.col("sex_g").alias("sex"), "hospital", "admission_year")
 
     def shifted(column: Column) -> Column:
-        return F.timestamp_add("WEEK", F.col("shift_weeks"), column)
+        return F.timestamp_add("SECOND", F.col("shift_seconds"), column)
 
-    extract = kept.select(
+    events = source.select("person_key", "encounter_key", "index_time", "criteria_met", "flags", "series")
+    extract = events.join(kept, "person_key").select(
         keyed("person_key", "person").alias("subject_id"),
         keyed("encounter_key", "event").alias("event_id"),
         shifted(F.col("index_time")).alias("index_time"),
-        "age_band", F.col("sex_g").alias("sex"), "hospital", "admission_year", "criteria_met", "flags",
+        "age_band", "sex", "hospital", "admission_year", "criteria_met", "flags",
         F.transform_values("series", lambda _, points: F.transform(
             points, lambda p: p.withField("time", shifted(p["time"])))).alias("series"),
     )
+    # written aside, published into the folder only once its audit row is in ops.audit_log
+    staging = target / f".staging-{secrets.token_hex(4)}"
     target.mkdir(parents=True, exist_ok=True)
-    extract.write.mode("errorifexists").parquet(str(target / "parquet"))
-    written = spark.read.parquet(str(target / "parquet"))
-    (written.withColumn("criteria_met", F.to_json("criteria_met")).withColumn("flags", F.to_json("flags"))
-     .withColumn("series", F.to_json("series")).write.option("header", True).csv(str(target / "csv")))
-    counts = written.agg(F.count(F.lit(1)), F.countDistinct("subject_id")).first()
-    out_classes = (written.groupBy("age_band", "sex", "hospital", "admission_year")
-                   .agg(F.countDistinct("subject_id").alias("persons"))
-                   .agg(F.min("persons"), F.count(F.lit(1))).first())
-    totals = rows.agg(F.count(F.lit(1)), F.countDistinct("person_key")).first()
-    summary = RiskSummary(cohort, version, purpose, spec.k, out_classes[0], number, level.describe(),
-                          totals[0], totals[1], counts[0], counts[1], small, out_classes[1],
-                          spec.max_suppressed_share)
-    (target / "risk_summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-    _audit(settings, summary, ref.qualified, str(target), time.monotonic() - started)
+    try:
+        extract.write.parquet(str(staging / "parquet"))
+        written = spark.read.parquet(str(staging / "parquet"))
+        (written.withColumn("criteria_met", F.to_json("criteria_met")).withColumn("flags", F.to_json("flags"))
+         .withColumn("series", F.to_json("series")).write.option("header", True).csv(str(staging / "csv")))
+        counts = written.agg(F.count(F.lit(1)), F.countDistinct("subject_id")).first()
+        out_classes = (written.groupBy("age_band", "sex", "hospital", "admission_year")
+                       .agg(F.countDistinct("subject_id").alias("persons"))
+                       .agg(F.min("persons"), F.count(F.lit(1))).first())
+        summary = RiskSummary(cohort, version, purpose, spec.k, out_classes[0], number, level.describe(),
+                              totals[1], totals[0], counts[0], counts[1], small, out_classes[1],
+                              spec.max_suppressed_share)
+        (staging / "risk_summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+        _audit(settings, summary, ref.qualified, str(target), time.monotonic() - started)
+        for part in ("parquet", "csv", "risk_summary.json"):
+            (staging / part).replace(target / part)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -189,6 +224,6 @@ def _audit(settings: Settings, summary: RiskSummary, table: str, out: str, secon
                        f"({summary.generalisation}), {summary.rows_suppressed} of {summary.rows_in} rows suppressed")
     log.flush()
     if log.pending:
-        raise LakehouseError(f"the export in {out} is written but its row could not be appended to "
-                             f"{AUDIT_LOG.qualified}: {json.dumps(log.pending, default=str)[:500]}")
+        raise LakehouseError(f"the export to {out} was not published: its row could not be appended to "
+                             f"{AUDIT_LOG.qualified} (see the log above); nothing leaves unaudited")
 

@@ -1,12 +1,14 @@
 """`lakehouse rollback --run RUN_ID`: every table a run wrote goes back to its version before that run.
 
 Each job run tags its Delta commits with `lakehouse-run:<run_id>` (the commit's userMetadata, set by `JobRun`),
-so a run's commits are found in each table's history by the tag, not by clocks. A table is restored (Delta
-RESTORE, one commit) to the version before the run's first commit to it; a table the run created is emptied (a
-DELETE: it keeps its schema and history). When another run committed to one of those tables after the bad run,
-restoring would undo that run too: the rollback is refused, naming those runs, unless `force` is given. The
-rollback is itself a job run in ops.job_run (its outputs the restored versions, its note what it undid), and
-its own commits carry its tag, so a rollback can be rolled back.
+so a run's commits are found in each table's history by the tag, not by clocks, and a failed or killed run's
+commits are found too. A table is restored (Delta RESTORE, one commit) to the version before the run's first
+commit to it; a table the run created is emptied (a DELETE: it keeps its schema and history). When another run
+committed to one of those tables after the bad run's first commit, restoring would undo that run too: the
+rollback is refused, naming those runs, unless `force` is given. The rollback is itself a job run in
+ops.job_run (its outputs the restored versions, its note the runs it undid, which no longer count as a job's
+last successful run, so the next run of that job does not skip or build an increment from them), and its own
+commits carry its tag.
 
 MLflow's registered versions are not tables: a rolled-back `train` run's model version stays registered (the
 note says which), and moving the champion alias back is the registry's own operation.
@@ -24,7 +26,7 @@ from lakehouse import io
 from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
-from lakehouse.runlog import RUN_TAG, JobRun
+from lakehouse.runlog import RUN_TAG, UNDID, JobRun
 
 
 def tag(run_id: str) -> str:
@@ -51,35 +53,41 @@ class Step:
 
 
 def plan(spark: SparkSession, settings: Settings, run_id: str) -> tuple[str, list[Step]]:
-    """The job of `run_id` and what rolling it back restores, from each written table's history."""
-    runs = io.read(spark, JOB_RUN, settings.root).where(F.col("run_id") == run_id).select("job", "outputs").collect()
-    if not runs:
-        raise UsageError(f"no run {run_id!r} in {JOB_RUN.qualified}: `lakehouse status` lists the last runs")
-    job, outputs = runs[0].job, runs[0].outputs
+    """The job of `run_id` and what rolling it back restores: every table under the root with a commit tagged by
+    the run (a failed or killed run's commits too, which ops.job_run may not list), from each table's history."""
+    logged = (io.read(spark, JOB_RUN, settings.root).where(F.col("run_id") == run_id).select("job").first()
+              if io.exists(spark, JOB_RUN, settings.root) else None)
     steps = []
-    for output in outputs:
-        layer, name = output.table.split(".", 1)
-        ref = TableRef(layer, name, "")
-        history = (DeltaTable.forPath(spark, ref.path(settings.root)).history()
-                   .select("version", "userMetadata").where(F.col("version") >= 0))
+    for ref in io.list_tables(spark, settings.root):
+        if ref.qualified == JOB_RUN.qualified:  # the record of what ran stays
+            continue
+        history = DeltaTable.forPath(spark, ref.path(settings.root)).history().select("version", "userMetadata")
         mine = history.where(F.col("userMetadata") == tag(run_id)).agg(F.min("version"), F.max("version")).first()
         if mine[0] is None:
-            raise UsageError(f"{output.table} has no commit tagged with run {run_id} (a run from before runs were "
-                             "tagged, or the table was replaced since): it cannot be rolled back by run")
-        later = sorted({r.userMetadata or "(untagged)" for r in
-                        history.where(F.col("version") > mine[1]).select("userMetadata").distinct().collect()})
-        steps.append(Step(output.table, mine[0], mine[1], tuple(m.removeprefix(RUN_TAG) for m in later)))
-    return job, steps
+            continue
+        others = (history.where(F.col("version") > mine[0])
+                  .where(F.col("userMetadata").isNull() | (F.col("userMetadata") != tag(run_id)))
+                  .select("userMetadata").distinct().collect())
+        later = sorted((r.userMetadata or "(untagged)").removeprefix(RUN_TAG) for r in others)
+        steps.append(Step(ref.qualified, mine[0], mine[1], tuple(later)))
+    if not steps:
+        raise UsageError(f"no table under {settings.root} has a commit of run {run_id!r}"
+                         + ("" if logged else f", and {JOB_RUN.qualified} has no such run")
+                         + ": `lakehouse status` shows the last run of each job")
+    return (logged.job if logged else "unlogged"), steps
 
 
 def rollback(spark: SparkSession, settings: Settings, run_id: str, force: bool = False) -> JobRun:
     job, steps = plan(spark, settings, run_id)
     blocked = [s for s in steps if s.later_runs]
     if blocked and not force:
-        raise RollbackRefused("rolling back run " + run_id + " would also undo later runs: " + "; ".join(
-            f"{s.table} has commits of {', '.join(s.later_runs)} after it" for s in blocked)
+        raise RollbackRefused("rolling back run " + run_id + " would also undo other runs: " + "; ".join(
+            f"{s.table} has commits of {', '.join(s.later_runs)} after its first commit of it" for s in blocked)
             + ". Roll those back first (newest first), or pass --force to undo them with it")
+    undone = sorted({run_id, *(r for s in steps for r in s.later_runs if r != "(untagged)")})
     with JobRun(spark, settings, "rollback") as run:
+        run.note(f"{UNDID} {','.join(undone)}")  # first (the message is cut at 4,000 characters): read by
+        # JobRun.previous_inputs, so these runs no longer count as their job's last successful run
         for step in steps:
             layer, name = step.table.split(".", 1)
             ref = TableRef(layer, name, "")

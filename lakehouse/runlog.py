@@ -22,6 +22,7 @@ SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
 # run's commits by it)
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 RUN_TAG = "lakehouse-run:"
+UNDID = "undid runs"  # a rollback's note: `undid runs <id>,<id>`; those runs no longer count as a job's last
 
 
 def git_revision(project_dir) -> str | None:
@@ -70,11 +71,16 @@ class JobRun:
         return previous is not None and previous == {w.table: w.version for w in self.inputs}
 
     def previous_inputs(self) -> dict[str, int] | None:
-        """Table -> version read by this job's last successful run, if that run had today's configuration."""
+        """Table -> version read by this job's last successful run (not one a rollback undid), if that run had
+        today's configuration."""
         if not io.exists(self.spark, JOB_RUN, self.settings.root):
             return None
-        last = (io.read(self.spark, JOB_RUN, self.settings.root)
-                .where(F.col("job") == self.job).where(F.col("status").isin(SUCCEEDED, SKIPPED))
+        runs = io.read(self.spark, JOB_RUN, self.settings.root)
+        undone = (runs.where((F.col("job") == "rollback") & (F.col("status") == SUCCEEDED))
+                  .select(F.explode(F.split(F.regexp_extract("message", UNDID + r" ([0-9a-f,]+)", 1), ","))
+                          .alias("run_id")))
+        last = (runs.where(F.col("job") == self.job).where(F.col("status").isin(SUCCEEDED, SKIPPED))
+                .join(undone, "run_id", "left_anti")
                 .orderBy(F.col("ended_at").desc()).select("config_hash", "inputs").first())
         if last is None or last.config_hash != self.settings.config_hash:
             return None

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from lakehouse import io
 from lakehouse.catalog import AUDIT_LOG, cohort_table
 from lakehouse.errors import ConfigError, UsageError
-from lakehouse.research_export import LEVELS, SHIFT_WEEKS, ExportRefused, choose_level, export_cohort, generalised
+from lakehouse.research_export import LEVELS, SHIFT_SECONDS, ExportRefused, choose_level, export_cohort, generalised
 from lakehouse.services import audit
 from lakehouse.services.store import run as delta_query
 
@@ -47,23 +47,23 @@ def test_every_combination_holds_k_persons_and_nothing_is_lost(exported, spark, 
     assert data.where(F.col("age_band").rlike("^(9[0-9]|1[0-9][0-9])-")).count() == 0  # 90 and over are "90+"
 
 
-def test_keys_and_dates_cannot_be_joined_back_but_intervals_are_kept(exported, spark, settings):
+def test_dates_are_shifted_per_person_and_intervals_are_kept(exported, spark, settings):
     _, out = exported
     data = spark.read.parquet(str(out / "parquet"))
     source = io.read(spark, cohort_table(COHORT), settings.root)
-    assert data.join(source, data.subject_id == source.person_key).count() == 0
-    mapped = source.withColumn("subject_id", F.substring(F.sha2(F.concat(F.lit(f"{SALT}:person:"),
-                                                                          F.col("person_key")), 256), 1, 20))
-    pairs = data.alias("e").join(mapped.alias("s"), ["subject_id"]).where(
-        F.col("e.event_id") == F.substring(F.sha2(F.concat(F.lit(f"{SALT}:event:"), F.col("s.encounter_key")), 256),
-                                           1, 20))
-    shifts = pairs.select("subject_id", ((F.unix_timestamp("e.index_time") - F.unix_timestamp("s.index_time"))
-                                         / (7 * 86400)).alias("weeks"))
-    assert pairs.count() == data.count()
-    low, high = SHIFT_WEEKS
-    per_person = shifts.groupBy("subject_id").agg(F.min("weeks").alias("lo"), F.max("weeks").alias("hi")).collect()
-    assert all(r.lo == r.hi and low <= r.lo < high and r.lo == int(r.lo) for r in per_person)
-    assert len({r.lo for r in per_person}) > 1  # a secret offset per person, not one for all
+    pairs = data.alias("e").join(source.alias("s"), (F.col("e.subject_id") == F.substring(F.sha2(
+        F.concat_ws(":", F.lit(SALT), F.lit("person"), F.col("s.person_key")), 256), 1, 20)) & (
+        F.col("e.event_id") == F.substring(F.sha2(F.concat_ws(":", F.lit(SALT), F.lit("event"),
+                                                             F.col("s.encounter_key")), 256), 1, 20)))
+    assert pairs.count() == data.count()  # the test salt maps every row back to its source
+    shifts = pairs.select("e.subject_id", (F.unix_timestamp("e.index_time") - F.unix_timestamp("s.index_time"))
+                          .alias("shift"), F.concat_ws("|", *[f"e.{c}" for c in QI]).alias("qi"))
+    per_person = shifts.groupBy("subject_id").agg(F.min("shift").alias("lo"), F.max("shift").alias("hi"),
+                                                  F.countDistinct("qi").alias("qis")).collect()
+    low, high = SHIFT_SECONDS
+    assert all(r.lo == r.hi and low <= r.lo < high and r.qis == 1 for r in per_person)  # one shift, one class
+    assert len({r.lo for r in per_person}) == len(per_person)  # a secret offset per person
+    assert len({r.lo % (7 * 86400) for r in per_person}) > 1  # weekdays and times of day do not survive
 
     def gaps(frame, prefix):
         return frame.select(F.explode(f"{prefix}.series").alias("code", "points"), f"{prefix}.index_time").select(
@@ -101,19 +101,25 @@ def test_bad_exports_are_refused_before_anything_is_written(exported, spark, set
 
 
 def test_the_first_level_that_is_k_anonymous_is_chosen(spark):
-    rows = spark.createDataFrame(
-        [("p1", 41, "F", "H01", 2023), ("p2", 46, "F", "H01", 2023), ("p3", 47, "F", "H01", 2023),
-         ("p4", 44, "F", "H01", 2023), ("p5", 72, "M", "H02", 2021)],
-        "person_key string, age int, sex string, hospital_id string, year int")
-    # 5-year bands: 40-44 and 45-49 each hold 2 persons, p5 is alone: 1 of 5 rows over a 20% budget at k=2
-    number, _, small = choose_level(rows, k=2, max_share=0.2)
+    persons = spark.createDataFrame(
+        [("p1", 41, "F", "H01", 2023, 1), ("p2", 46, "F", "H01", 2023, 1), ("p3", 47, "F", "H01", 2023, 1),
+         ("p4", 44, "F", "H01", 2023, 1), ("p5", 72, "M", "H02", 2021, 1)],
+        "person_key string, age int, sex string, hospital_id string, year int, rows long")
+    # 5-year bands: 40-44 and 45-49 each hold 2 persons, p5 is alone: 1 of 5 rows within a 20% budget at k=2
+    number, _, small = choose_level(persons, k=2, max_share=0.2)
     assert (number, small) == (0, 1)
     # with no budget, p5 has to be generalised away with everything else: only the level without any detail
-    number, _, small = choose_level(rows, k=2, max_share=0.0)
-    assert small == 0 and number == 7
+    number, _, small = choose_level(persons, k=2, max_share=0.0)
+    assert small == 0 and number == len(LEVELS) - 1
     # k=3: 5-year bands split the four 40-somethings 2 + 2; 10-year bands hold all four
-    number, _, small = choose_level(rows, k=3, max_share=0.2)
+    number, _, small = choose_level(persons, k=3, max_share=0.2)
     assert (number, small) == (1, 1)
-    # bands stop below 90: everyone 90 and over is "90+"
-    ages = spark.createDataFrame([("p", 85, "F", "H01", 2023), ("q", 93, "F", "H01", 2023)], rows.schema)
-    assert [r.age_band for r in generalised(ages, LEVELS[3]).orderBy("age").collect()] == ["80-89", "90+"]
+    # fewer than k persons in all: no level is safe
+    assert choose_level(persons, k=6, max_share=0.2) is None
+    # bands stop below 90: everyone 90 and over is "90+"; a missing value is a value of its own
+    ages = spark.createDataFrame([("p", 85, "F", "H01", 2023, 1), ("q", 93, "F", "H01", 2023, 1),
+                                  ("r", None, None, None, None, 1)], persons.schema)
+    assert [(r.age_band, r.sex_g, r.hospital, r.admission_year) for r in
+            generalised(ages, LEVELS[3]).orderBy("person_key").collect()] == [
+        ("80-89", "F", "H01", "2020-2024"), ("90+", "F", "H01", "2020-2024"),
+        ("unknown", "unknown", "unknown", "unknown")]

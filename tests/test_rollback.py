@@ -62,7 +62,7 @@ def test_rollback_restores_what_a_run_wrote_and_refuses_to_undo_later_runs(spark
     # a later run wrote the table: rolling back the earlier one would undo it too
     early = _run(spark, private, "probe-c", lambda: io.append(spark, _rows(spark, (4, "d")), PROBE, root))
     later = _run(spark, private, "probe-d", lambda: io.append(spark, _rows(spark, (5, "e")), PROBE, root))
-    with pytest.raises(RollbackRefused, match=f"gold.probe has commits of {later} after it"):
+    with pytest.raises(RollbackRefused, match=f"gold.probe has commits of {later} after its first commit"):
         rollback(spark, private, early)
     assert cli.main(["rollback", "--run", early, "--conf-dir", str(CONF), "--root", root]) == 2
     assert _probe(spark, private).count() == 4  # refused before anything was restored
@@ -70,10 +70,33 @@ def test_rollback_restores_what_a_run_wrote_and_refuses_to_undo_later_runs(spark
     assert_df_equality(_probe(spark, private), _rows(spark, (1, "a"), (2, "b")), ignore_row_order=True)
 
 
+def test_a_failed_run_is_rolled_back_and_a_rolled_back_run_no_longer_counts(spark, private):
+    root = private.root
+    _run(spark, private, "probe", lambda: io.append(spark, _rows(spark, (1, "a")), PROBE, root))
+    with pytest.raises(RuntimeError), JobRun(spark, private, "probe") as failing:  # commits, then fails:
+        io.append(spark, _rows(spark, (2, "half")), PROBE, root)                  # ops.job_run lists no outputs
+        raise RuntimeError("the job died after its first commit")
+    logged = io.read(spark, JOB_RUN, root).where(F.col("run_id") == failing.run_id).first()
+    assert logged.status == "failed" and logged.outputs == []
+    rollback(spark, private, failing.run_id)
+    assert_df_equality(_probe(spark, private), _rows(spark, (1, "a")), ignore_row_order=True)
+
+    # the last successful run of a job is the one its next run compares against (skip, or build an increment
+    # from): a rolled-back run must not be it
+    with JobRun(spark, private, "reader") as first:
+        first.read(io.Written("gold.probe", 0, 1))
+    with JobRun(spark, private, "reader") as second:
+        second.read(io.Written("gold.probe", 3, 1))
+        second.wrote(io.append(spark, _rows(spark, (9, "z")), PROBE, root))
+    assert JobRun(spark, private, "reader").previous_inputs() == {"gold.probe": 3}
+    rollback(spark, private, second.run_id)
+    assert JobRun(spark, private, "reader").previous_inputs() == {"gold.probe": 0}
+
+
 def test_rollback_empties_a_table_the_run_created_and_names_an_unknown_run(spark, private):
     created = _run(spark, private, "fresh", lambda: io.append(spark, _rows(spark, (1, "a")), FRESH, private.root))
     assert cli.main(["rollback", "--run", created, "--conf-dir", str(CONF), "--root", private.root]) == 0
     table = io.read(spark, FRESH, private.root)
     assert table.count() == 0 and table.columns == ["id", "v"]  # the schema and the history stay
-    with pytest.raises(UsageError, match="no run 'nosuchrun' in ops.job_run"):
+    with pytest.raises(UsageError, match="has a commit of run 'nosuchrun', and ops.job_run has no such run"):
         rollback(spark, private, "nosuchrun")

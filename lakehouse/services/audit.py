@@ -136,8 +136,8 @@ def verify(root: str) -> Verdict:
     """Recompute every writer's chain of ops.audit_log: its entries numbered 1, 2, ... with no gap, each one's
     prev_hash the hash of the one before, each hash that of its own content. An edited entry fails its hash, a
     deleted one leaves a gap (or, at a chain's start, a first entry that is not 1); an entry written twice by a
-    retried append (the same content) is not a break. Reads the log in order in batches: the driver holds one
-    batch and one row per writer."""
+    retried append (the same content) is not a break. delta-rs's engine sorts the log; this process then holds
+    one batch of it at a time and one row per writer."""
     from deltalake import DeltaTable, QueryBuilder
 
     reader = QueryBuilder().register("log", DeltaTable(AUDIT_LOG.path(root))).execute(
