@@ -164,12 +164,15 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
                              F.year("index_time").alias("year"), F.row_number().over(first).alias("n"),
                              F.count(F.lit(1)).over(Window.partitionBy("person_key")).alias("rows"))
                .where("n = 1").drop("n")
-               .withColumn("shift_seconds", F.lit(low) + draw % F.lit(high - low)))
+               .withColumn("shift_seconds", F.lit(low) + draw % F.lit(high - low))
+               .cache())  # one row per person, counted at each level tried: computed once
     totals = persons.agg(F.count(F.lit(1)), F.sum("rows")).first()
     if not totals[0]:
+        persons.unpersist()
         raise ExportRefused(f"{ref.qualified} has no members: there is nothing to export")
     chosen = choose_level(persons, spec.k, spec.max_suppressed_share)
     if chosen is None:
+        persons.unpersist()
         raise ExportRefused(f"{ref.qualified} holds {totals[0]} persons: fewer than k={spec.k} in any combination, "
                             "even with every quasi-identifier removed; nothing can leave without identifying them")
     number, classes, small = chosen
@@ -211,6 +214,7 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
             (staging / part).replace(target / part)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        persons.unpersist()
     return summary
 
 

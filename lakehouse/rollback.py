@@ -61,15 +61,15 @@ def plan(spark: SparkSession, settings: Settings, run_id: str) -> tuple[str, lis
     for ref in io.list_tables(spark, settings.root):
         if ref.qualified == JOB_RUN.qualified:  # the record of what ran stays
             continue
+        # one row per commit of one table: read once, sorted out here
         history = DeltaTable.forPath(spark, ref.path(settings.root)).history().select("version", "userMetadata")
-        mine = history.where(F.col("userMetadata") == tag(run_id)).agg(F.min("version"), F.max("version")).first()
-        if mine[0] is None:
+        commits = [(r.version, r.userMetadata) for r in history.collect()]
+        mine = [version for version, by in commits if by == tag(run_id)]
+        if not mine:
             continue
-        others = (history.where(F.col("version") > mine[0])
-                  .where(F.col("userMetadata").isNull() | (F.col("userMetadata") != tag(run_id)))
-                  .select("userMetadata").distinct().collect())
-        later = sorted((r.userMetadata or "(untagged)").removeprefix(RUN_TAG) for r in others)
-        steps.append(Step(ref.qualified, mine[0], mine[1], tuple(later)))
+        later = sorted({(by or "(untagged)").removeprefix(RUN_TAG) for version, by in commits
+                        if version > min(mine) and by != tag(run_id)})
+        steps.append(Step(ref.qualified, min(mine), max(mine), tuple(later)))
     if not steps:
         raise UsageError(f"no table under {settings.root} has a commit of run {run_id!r}"
                          + ("" if logged else f", and {JOB_RUN.qualified} has no such run")
