@@ -8,18 +8,25 @@ SHA-256, so a leaked file opens nothing.
 from __future__ import annotations
 
 import fcntl
+import getpass
 import hashlib
 import logging
 import os
 import re
 import secrets as pysecrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from lakehouse import io
+from lakehouse.catalog import AUDIT_LOG, ENCOUNTER, LAYERS, TableRef
 from lakehouse.config import Settings
-from lakehouse.errors import ConfigError, UsageError
+from lakehouse.errors import ConfigError, LakehouseError, UsageError
+from lakehouse.services.audit import AuditLog
 
 TOKENS_ENV = "LAKEHOUSE_API_TOKENS_FILE"
 HOLDER = re.compile(r"^[\w.@-]{1,64}$")
@@ -33,8 +40,10 @@ class Principal:
     hospital_id: str | None = None
 
 
-class AccessDenied(Exception):
-    """A read the policy does not allow."""
+class AccessDenied(LakehouseError):
+    """A read the policy does not allow (audited before it is raised)."""
+
+    exit_code = 3
 
 
 def tokens_file(settings: Settings) -> Path:
@@ -153,3 +162,114 @@ class TokenBook:
             except ConfigError as err:  # tried again at the next request
                 log.error("keeping the previous API tokens: %s", err)
         return self._tokens.get(token_hash(token))
+
+
+# --- reading tables through the policy (notebooks, exports, the MEDS export) -----------------------------------
+
+USER_ENV, ROLE_ENV, HOSPITAL_ENV = "LAKEHOUSE_USER", "LAKEHOUSE_ROLE", "LAKEHOUSE_HOSPITAL"
+DEFAULT_ROLE = "admin"  # whoever runs jobs holds the root's files: the platform's operator
+
+
+def current(settings: Settings, role: str | None = None, hospital_id: str | None = None) -> Principal:
+    """Who is at the keyboard: $LAKEHOUSE_USER or the OS user, in `role` or $LAKEHOUSE_ROLE (default admin) and,
+    for a hospital-scoped role, `hospital_id` or $LAKEHOUSE_HOSPITAL; checked against conf/access.yaml."""
+    name = os.environ.get(USER_ENV) or getpass.getuser()
+    role = role or os.environ.get(ROLE_ENV) or DEFAULT_ROLE
+    hospital_id = hospital_id or os.environ.get(HOSPITAL_ENV) or None
+    try:
+        return _principal(settings, str(settings.conf_dir / "access.yaml"), "roles", name, role, hospital_id)
+    except ConfigError as err:
+        raise UsageError(f"cannot act as {name} in role {role}: {err.message} "
+                         f"(${USER_ENV}, ${ROLE_ENV}, ${HOSPITAL_ENV})") from None
+
+
+def require_admin(settings: Settings, principal: Principal, what: str) -> None:
+    assert settings.access is not None
+    if not settings.access.roles[principal.role].admin:
+        raise AccessDenied(f"{what} needs an admin role; {principal.name} acts as {principal.role} "
+                           f"(${ROLE_ENV}, conf/access.yaml)")
+
+
+class Reader:
+    """Tables as one principal may see them, each read audited in ops.audit_log (refused ones too) with its
+    purpose, Delta version, columns and rows. One reader is one audit writer: its entries form one chain.
+
+    A read is refused (AccessDenied) when the role may not read the table, or names a column the role does not
+    see; hidden columns are otherwise dropped. A hospital-scoped role gets the rows of persons with an encounter
+    at its hospital (a semi-join with silver.encounter, recorded among the tables read), or of its hospital_id for
+    a table without person_key; a table with neither is refused to it.
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings, principal: Principal, purpose: str,
+                 writer_kind: str = "read"):
+        if not purpose.strip():
+            raise UsageError("a read through the access policy needs a declared purpose (recorded in ops.audit_log)")
+        assert settings.access is not None
+        self.spark, self.settings, self.principal, self.purpose = spark, settings, principal, purpose
+        self.role = settings.access.roles[principal.role]
+        self._audit = AuditLog(settings.root, flush_seconds=60, writer_kind=writer_kind)
+
+    def table(self, name: str, columns: list[str] | None = None, version: int | None = None) -> DataFrame:
+        """`<layer>.<table>` at `version` (default: the latest) as this principal may see it."""
+        started = time.monotonic()
+        record = {"target": name, "tables": [name], "versions": {}}
+        try:
+            df = self._open(name, columns, version, record)
+        except (AccessDenied, UsageError) as err:
+            self._log(record, started, f"refused: {err}", 403)
+            raise
+        self._log(record, started, "ok", 0)
+        return df
+
+    def _open(self, name: str, columns: list[str] | None, version: int | None, record: dict) -> DataFrame:
+        layer, _, table = name.partition(".")
+        if layer not in LAYERS or not table:
+            raise UsageError(f"{name!r} is not <layer>.<table> with a layer of {', '.join(LAYERS)}")
+        if not self.settings.access.may_read(self.principal.role, name):
+            raise AccessDenied(f"role {self.principal.role} may not read {name} (conf/access.yaml)")
+        ref = TableRef(layer, table, "")
+        if not io.exists(self.spark, ref, self.settings.root):
+            raise UsageError(f"{name} does not exist under {self.settings.root}")
+        version = io.latest_version(self.spark, ref, self.settings.root) if version is None else version
+        df = io.read(self.spark, ref, self.settings.root, version)
+        record["versions"][name] = version
+        record["rows"] = io.recorded_rows(self.spark, ref, self.settings.root, version)
+        hidden = [c for c in df.columns if self.role.hides(name, c)]
+        wanted = list(columns) if columns else [c for c in df.columns if c not in hidden]
+        unknown = [c for c in wanted if c not in df.columns]
+        if unknown:
+            raise UsageError(f"{name} has no column {', '.join(unknown)}")
+        withheld = [c for c in wanted if c in hidden]
+        if withheld:
+            raise AccessDenied(f"role {self.principal.role} may not read {name}.{', '.join(withheld)} "
+                               "(hidden_columns in conf/access.yaml)")
+        record["columns"] = wanted
+        hospital = hospital_scope(self.settings, self.principal)
+        if hospital is not None:
+            df = self._scoped(df, name, hospital, record)
+        return df.select(*wanted)
+
+    def _scoped(self, df: DataFrame, name: str, hospital: str, record: dict) -> DataFrame:
+        if "person_key" in df.columns:
+            version = io.latest_version(self.spark, ENCOUNTER, self.settings.root)
+            if version is None:
+                raise UsageError(f"{ENCOUNTER.qualified} does not exist: rows cannot be limited to {hospital}")
+            record["tables"].append(ENCOUNTER.qualified)
+            record["versions"][ENCOUNTER.qualified] = version
+            seen = (io.read(self.spark, ENCOUNTER, self.settings.root, version)
+                    .where(F.col("hospital_id") == hospital).select("person_key").distinct())
+            return df.join(seen, "person_key", "left_semi")
+        if "hospital_id" in df.columns:
+            return df.where(F.col("hospital_id") == hospital)
+        raise AccessDenied(f"role {self.principal.role} sees hospital {hospital} only, and {name} has neither "
+                           "person_key nor hospital_id to limit it by")
+
+    def _log(self, record: dict, started: float, outcome: str, status: int) -> None:
+        who = self.principal
+        self._audit.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="read",
+                           purpose=self.purpose, outcome=outcome[:1000], status=status,
+                           duration_ms=(time.monotonic() - started) * 1000, **record)
+        self._audit.flush()
+        if self._audit.pending:
+            raise LakehouseError(f"the read of {record['target']} was not audited (its row could not be appended "
+                                 f"to {AUDIT_LOG.qualified}; see the log above): nothing is read unaudited")

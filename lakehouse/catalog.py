@@ -136,10 +136,11 @@ AUDIT_LOG = TableRef(
     "ops", "audit_log",
     "at TIMESTAMP, writer STRING, seq BIGINT, actor STRING, role STRING, hospital_id STRING, action STRING, "
     "target STRING, tables ARRAY<STRING>, versions MAP<STRING, BIGINT>, rows BIGINT, purpose STRING, "
-    "outcome STRING, status INT, duration_ms DOUBLE, prev_hash STRING, hash STRING",
+    "outcome STRING, status INT, duration_ms DOUBLE, prev_hash STRING, hash STRING, columns ARRAY<STRING>",
     keys=("writer", "seq"),
-    description="who read what, when and with what outcome: one row per data-service request or research export; "
-                "each writer's rows are chained by hash (hash = sha256 of prev_hash and the row)",
+    description="who read what, when and with what outcome: one row per data-service request, read through "
+                "lakehouse.access, research export, job run or erasure; each writer's rows are chained by hash "
+                "(hash = sha256 of prev_hash and the row)",
 )
 
 # --- vault: direct identifiers, encrypted column by column ---------------------------------------

@@ -629,6 +629,7 @@ class TaskSpec(Strict):
 
 ADMIN_ONLY_LAYERS = ("bronze", "ops", "vault")  # raw data, the platform's own records, identifiers
 TABLE_PATTERN = r"^(\*|[a-z*][a-z0-9_*]*\.[a-z*][a-z0-9_*]*)$"
+COLUMN_PATTERN = r"^[a-z*][a-z0-9_*]*\.[a-z*][a-z0-9_*]*\.[a-z*][a-z0-9_*]*$"
 
 
 class Role(Strict):
@@ -637,15 +638,28 @@ class Role(Strict):
     description: str
     admin: bool = Field(False, description="may read every layer, bronze, ops and vault included")
     tables: list[str] = Field(description="patterns such as gold.* or gold.indicator_*")
+    except_tables: list[str] = Field([], description="patterns of tables withheld although `tables` matches them")
+    hidden_columns: list[str] = Field([], description="patterns of <layer>.<table>.<column> withheld from every read")
     hospital_scoped: bool = Field(False, description="sees only persons with an encounter at the holder's hospital")
 
-    @field_validator("tables")
+    @field_validator("tables", "except_tables")
     @classmethod
     def _patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
             if not re.match(TABLE_PATTERN, pattern):
                 raise ValueError(f"not a <layer>.<table> pattern: {pattern!r}")
         return value
+
+    @field_validator("hidden_columns")
+    @classmethod
+    def _column_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not re.match(COLUMN_PATTERN, pattern):
+                raise ValueError(f"not a <layer>.<table>.<column> pattern: {pattern!r}")
+        return value
+
+    def hides(self, table: str, column: str) -> bool:
+        return any(fnmatch.fnmatchcase(f"{table}.{column}", pattern) for pattern in self.hidden_columns)
 
     @model_validator(mode="after")
     def _admin_only_layers(self) -> Role:
@@ -676,7 +690,8 @@ class AccessPolicy(Strict):
             return False
         if table.split(".", 1)[0] in ADMIN_ONLY_LAYERS and not spec.admin:
             return False
-        return any(fnmatch.fnmatchcase(table, pattern) for pattern in spec.tables)
+        return (any(fnmatch.fnmatchcase(table, pattern) for pattern in spec.tables)
+                and not any(fnmatch.fnmatchcase(table, pattern) for pattern in spec.except_tables))
 
 
 # --- the whole configuration --------------------------------------------------------------------

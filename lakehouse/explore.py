@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import access, io
 from lakehouse.catalog import LAB_RESULT, PATIENT_SUMMARY, QUARANTINE, TIMELINE
 from lakehouse.config import Settings, load_settings
 from lakehouse.gold.timeline import ADMISSION, DISCHARGE, LOINC_PREFIX, VISIT_PREFIX, person_timeline
@@ -30,22 +30,31 @@ ENV_CONF, ENV_ENV = "LAKEHOUSE_CONF_DIR", "LAKEHOUSE_ENV"
 class Lakehouse:
     settings: Settings
     spark: SparkSession
+    reader: access.Reader
+
+    def table(self, name: str, columns: list[str] | None = None, version: int | None = None) -> DataFrame:
+        """`<layer>.<table>` as the notebook's role may see it; the read is audited in ops.audit_log."""
+        return self.reader.table(name, columns, version)
 
 
-def open_lakehouse(conf_dir: str | Path | None = None, env: str | None = None, root: str | None = None) -> Lakehouse:
-    """Settings (validated), a Spark session with Delta, every table registered as `<layer>.<name>`, and
-    MLflow pointed at the configured store. Defaults: $LAKEHOUSE_CONF_DIR or the project's conf/,
-    $LAKEHOUSE_ENV or local, $LAKEHOUSE_ROOT or the configured root."""
+def open_lakehouse(conf_dir: str | Path | None = None, env: str | None = None, root: str | None = None,
+                   role: str | None = None, purpose: str = "notebook") -> Lakehouse:
+    """Settings (validated), a Spark session with Delta, MLflow pointed at the configured store, and a reader
+    of tables through the access policy as $LAKEHOUSE_USER (or the OS user) in `role` ($LAKEHOUSE_ROLE, default
+    admin). For an admin every table is also registered as `<layer>.<name>` for SQL. Defaults:
+    $LAKEHOUSE_CONF_DIR or the project's conf/, $LAKEHOUSE_ENV or local, $LAKEHOUSE_ROOT or the configured root."""
     from lakehouse.ml import tracking
     from lakehouse.spark import build_spark
 
     project = Path(__file__).resolve().parents[1]
     settings = load_settings(conf_dir or os.environ.get(ENV_CONF) or project / "conf",
                              env or os.environ.get(ENV_ENV, "local"), root)
+    who = access.current(settings, role)  # an unknown role is refused before Spark starts
     spark = build_spark(settings)
-    io.register_all(spark, settings.root)
+    if settings.access.roles[who.role].admin:
+        io.register_all(spark, settings.root)
     tracking.configure(settings)
-    return Lakehouse(settings, spark)
+    return Lakehouse(settings, spark, access.Reader(spark, settings, who, purpose, writer_kind="notebook"))
 
 
 # --- 1. the region --------------------------------------------------------------------------------

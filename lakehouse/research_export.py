@@ -27,7 +27,6 @@ diversity within a combination (l-diversity).
 
 from __future__ import annotations
 
-import getpass
 import json
 import secrets
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import io
+from lakehouse import access, io
 from lakehouse.catalog import AUDIT_LOG, cohort_table
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
@@ -147,7 +146,8 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
     spec = settings.main.export
     started = time.monotonic()
     version = io.latest_version(spark, ref, settings.root)
-    source = io.read(spark, ref, settings.root, version)
+    who = access.current(settings)
+    source = access.Reader(spark, settings, who, purpose, writer_kind="export").table(ref.qualified, version=version)
     # the salt joins as data, so it is never a literal in a query plan (the UI, event logs)
     salted = source.crossJoin(F.broadcast(spark.createDataFrame([(salt or secrets.token_hex(32),)], "salt string")))
 
@@ -209,7 +209,7 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
                               totals[1], totals[0], counts[0], counts[1], small, out_classes[1],
                               spec.max_suppressed_share)
         (staging / "risk_summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-        _audit(settings, summary, ref.qualified, str(target), time.monotonic() - started)
+        _audit(settings, who, summary, ref.qualified, str(target), time.monotonic() - started)
         for part in ("parquet", "csv", "risk_summary.json"):
             (staging / part).replace(target / part)
     finally:
@@ -218,10 +218,12 @@ def export_cohort(spark: SparkSession, settings: Settings, cohort: str, purpose:
     return summary
 
 
-def _audit(settings: Settings, summary: RiskSummary, table: str, out: str, seconds: float) -> None:
+def _audit(settings: Settings, who: access.Principal, summary: RiskSummary, table: str, out: str,
+           seconds: float) -> None:
     """The export's row of ops.audit_log (its own writer: a chain of one entry per export)."""
     log = AuditLog(settings.root, flush_seconds=60, writer_kind="export")
-    log.record(actor=getpass.getuser(), role="admin", action="export", target=f"{table} -> {out}",
+    log.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="export",
+               target=f"{table} -> {out}",
                tables=[table], versions={table: summary.cohort_version}, rows=summary.rows_out,
                purpose=summary.purpose, status=0, duration_ms=seconds * 1000,
                outcome=f"ok: k={summary.k}, achieved {summary.k_achieved}, level {summary.level} "

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io, progress
+from lakehouse import access, io, locks, progress
 from lakehouse.catalog import JOB_RUN
 from lakehouse.config import Settings
+from lakehouse.errors import LakehouseError
 from lakehouse.io import Written
+from lakehouse.services.audit import AuditLog
 
 SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
 # every Delta commit a run makes carries `lakehouse-run:<run_id>` as its userMetadata (`lakehouse rollback` finds a
@@ -49,7 +51,9 @@ class JobRun:
     notes: list[str] = field(default_factory=list)
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     skipped: bool = False
+    principal: access.Principal | None = None
     _outer_tag: str | None = None
+    _lock: object = None
 
     def read(self, written: Written) -> None:
         self.inputs.append(written)
@@ -91,6 +95,14 @@ class JobRun:
         self.note("skipped: inputs and configuration unchanged since the last successful run (--force re-runs)")
 
     def __enter__(self) -> JobRun:
+        self.principal = access.current(self.settings)
+        try:  # refused before anything is read: a job writes every layer, and one run of a job at a time
+            access.require_admin(self.settings, self.principal, f"running {self.job}")
+            self._lock = locks.exclusive(self.settings.root, self.job)
+            self._lock.__enter__()
+        except LakehouseError as err:
+            self._audit(FAILED, f"refused: {err}", 403)
+            raise
         progress.job_started(self.job)
         self._outer_tag = self.spark.conf.get(USER_METADATA, None)
         self.spark.conf.set(USER_METADATA, f"{RUN_TAG}{self.run_id}")
@@ -114,9 +126,27 @@ class JobRun:
             self.spark.conf.unset(USER_METADATA)
         else:
             self.spark.conf.set(USER_METADATA, self._outer_tag)
+        self._audit(status, message, 0 if exc is None else 1)
+        self._lock.__exit__(None, None, None)
         seconds = (ended - self.started_at).total_seconds()
         progress.job_ended(self.job, status, seconds, self.outputs)
         print(self.summary(status, seconds, message))
+
+    def _audit(self, status: str, message: str, code: int) -> None:
+        """The run's row of ops.audit_log (its own writer): who ran it, what it read and wrote, the outcome. A
+        failed append is logged, not raised: the run itself is recorded in ops.job_run either way."""
+        who = self.principal
+        log = AuditLog(self.settings.root, flush_seconds=60, writer_kind="job")
+        log.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="job",
+                   target=f"{self.job} run {self.run_id}",
+                   tables=[w.table for w in self.inputs + self.outputs],
+                   versions={w.table: w.version for w in self.inputs + self.outputs},
+                   rows=sum(w.rows or 0 for w in self.outputs), purpose=f"job {self.job}",
+                   outcome=f"{status}: {message}"[:1000], status=code,
+                   duration_ms=(dt.datetime.now(dt.UTC) - self.started_at).total_seconds() * 1000)
+        log.flush()
+        if log.pending:
+            print(f"warning: the {self.job} run {self.run_id} could not be recorded in ops.audit_log", file=sys.stderr)
 
     def summary(self, status: str, seconds: float, message: str) -> str:
         lines = [f"== {self.job} {status} in {seconds:.1f}s (run {self.run_id})"]

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io, progress
+from lakehouse import access, io, progress
 from lakehouse.catalog import PERSON, TIMELINE
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError
@@ -110,8 +110,9 @@ def export_meds(spark: SparkSession, settings: Settings, out: str) -> MedsExport
     version = io.latest_version(spark, TIMELINE, settings.root)
     if version is None:
         raise LakehouseError("gold.patient_timeline does not exist yet: run `lakehouse build` first")
-    timeline = io.read(spark, TIMELINE, settings.root, version=version)
-    events = meds_events(timeline, io.read(spark, PERSON, settings.root))
+    reader = access.Reader(spark, settings, access.current(settings), f"MEDS export to {out}", writer_kind="meds")
+    timeline = reader.table(TIMELINE.qualified, version=version)
+    events = meds_events(timeline, reader.table(PERSON.qualified, columns=["person_key", "sex", "birth_year"]))
     subjects = timeline.select("person_key").distinct().select("person_key", subject_id(F.col("person_key"))
                                                                .alias("subject_id"))
     check = subjects.agg(F.count(F.lit(1)).alias("persons"), F.countDistinct("subject_id").alias("ids")).first()

@@ -38,9 +38,14 @@ def arrow_schema(ref: TableRef) -> pa.Schema:
     return pa.schema([pa.field(name, _ARROW[kind]) for name, kind in ref.fields])
 
 
+# columns added after the first release: left out of a row's hash while empty, so older rows still verify
+LATER_COLUMNS = frozenset({"columns"})
+
+
 def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
     """sha256 of the previous hash and the row's canonical JSON (every column but the hash itself)."""
-    body = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in entry.items() if k != "hash"}
+    body = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in entry.items()
+            if k != "hash" and not (k in LATER_COLUMNS and v is None)}
     return hashlib.sha256((prev_hash + json.dumps(body, sort_keys=True, default=str)).encode()).hexdigest()
 
 
@@ -60,8 +65,8 @@ class AuditLog:
         self._thread.start()
 
     def record(self, **columns: Any) -> None:
-        """Queue one row: actor, role, hospital_id, action, target, tables, versions, rows, purpose, outcome,
-        status, duration_ms (the writer, sequence, time and hashes are added here)."""
+        """Queue one row: actor, role, hospital_id, action, target, tables, versions, columns, rows, purpose,
+        outcome, status, duration_ms (the writer, sequence, time and hashes are added here)."""
         with self._lock:
             self._seq += 1
             entry = {name: None for name in self.schema.names}
@@ -83,7 +88,8 @@ class AuditLog:
         if not batch:
             return 0
         try:
-            write_deltalake(self.path, pa.Table.from_pylist(batch, schema=self.schema), mode="append")
+            write_deltalake(self.path, pa.Table.from_pylist(batch, schema=self.schema), mode="append",
+                            schema_mode="merge")  # a log written before a column was added gains it
         except Exception:  # keep the rows for the next flush: an audit row is never dropped
             log.exception("appending %d rows to ops.audit_log failed; retrying at the next flush", len(batch))
             with self._lock:
