@@ -197,6 +197,9 @@ class EntitySource(Strict):
     base64: list[str] = Field(
         default_factory=list, description="bronze columns sent base64-encoded (a FHIR attachment's data): silver "
                                           "decodes them as UTF-8 before anything else reads them")
+    max_record_bytes: int = Field(
+        1_048_576, ge=1024, description="a record (CSV line, JSON line, HL7 message) longer than this is quarantined: "
+                                        "a runaway field or a file without line breaks, not clinical data")
 
     def sent(self) -> dict[str, str]:
         """The mapped columns this hospital really sends."""

@@ -3,10 +3,12 @@
 The landing folder is organised `<landing>/<hospital_id>/<day>/<file>`. Each file is matched to its
 entities by the hospital's source contract and fingerprinted; a file the ledger already holds (same
 path, size and modification time, or same path and sha256) is skipped, so a re-run writes nothing
-and a new day costs what its files cost. New files are parsed by their format's reader; good
-records are appended to `bronze.<entity>`, bad ones to `ops.quarantine` with the reason, file and
-line, and `ops.ingest_ledger` gets one row per file. Before the run ends it reads back what it wrote
-and checks, file by file, rows read = rows landed + rows quarantined.
+and a new day costs what its files cost; a file with the bytes of one landed under another name (sent
+twice, or renamed after its ingest) is ledgered as a duplicate of it and not read again. New files
+are parsed by their format's reader; good records are appended to `bronze.<entity>`, bad ones to
+`ops.quarantine` with the reason, file and line, and `ops.ingest_ledger` gets one row per file. Before
+the run ends it reads back what it wrote and checks, file by file, rows read = rows landed + rows
+quarantined.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError
 from lakehouse.io import Written
 
-LANDED, UNMATCHED, FAILED, UNBALANCED = "landed", "unmatched", "failed", "unbalanced"
+LANDED, UNMATCHED, FAILED, UNBALANCED, DUPLICATE = "landed", "unmatched", "failed", "unbalanced", "duplicate"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -64,6 +66,7 @@ class LandingFile:
     entities: tuple[str, ...]
     reason: str | None = None
     previous_batch: str | None = None
+    duplicate_of: str | None = None  # a landed file with the same bytes under another name: not read again
 
     @property
     def entity_label(self) -> str | None:
@@ -106,7 +109,8 @@ class IngestResult:
     def totals(self) -> dict[str, int]:
         return {"files_new": len(self.ledger), "files_skipped": self.files_skipped,
                 "files_landed": self.count(LANDED), "files_failed": self.count(FAILED),
-                "files_unmatched": self.count(UNMATCHED), "rows_read": sum(r[6] for r in self.ledger),
+                "files_unmatched": self.count(UNMATCHED), "files_duplicate": self.count(DUPLICATE),
+                "rows_read": sum(r[6] for r in self.ledger),
                 "rows_landed": sum(r[7] for r in self.ledger), "rows_quarantined": sum(r[8] for r in self.ledger)}
 
     def summary(self) -> str:
@@ -128,8 +132,7 @@ def list_files(spark: SparkSession, landing: str) -> list[tuple[str, int, int]]:
 
 def match_contract(settings: Settings, landing: str, path: str) -> tuple[str | None, tuple[str, ...], str | None]:
     """(hospital_id, entities, reason): which contract entities a landed file belongs to, if any."""
-    relative = path.split(landing.rstrip("/").split("://")[-1], 1)[-1].strip("/")
-    parts = relative.split("/")
+    parts = _relative(landing, path).split("/")
     hospital = parts[0] if len(parts) >= 2 else None
     contract = settings.sources.get(hospital or "")
     if contract is None:
@@ -160,6 +163,7 @@ def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[l
     unknown = [(p, size, ms) for p, size, ms in listed
                if not any(r.size == size and r.modified_ms == ms for r in history.get(p, []))]
     hashes = _hashes(spark, [p for p, size, _ in unknown if size > 0])
+    landed = _landed_as(spark, settings, set(hashes.values()) - {EMPTY_SHA256})
     new, skipped = [], len(listed) - len(unknown)
     for path, size, ms in unknown:
         sha256 = hashes.get(path, EMPTY_SHA256)
@@ -168,8 +172,31 @@ def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[l
             continue
         hospital, entities, reason = match_contract(settings, landing, path)
         previous = history[path][0].batch_id if path in history else None
+        twin = landed.get(sha256) if entities and size > 0 else None
+        if twin and twin[0] != path:  # sent again under another name, or renamed after its ingest
+            new.append(LandingFile(path, size, ms, sha256, hospital, entities, reason, previous,
+                                   f"same bytes as {_relative(landing, twin[0])} (batch {twin[1]})"))
+            continue
+        if entities and size > 0:
+            landed.setdefault(sha256, (path, "this batch"))
         new.append(LandingFile(path, size, ms, sha256, hospital, entities, reason, previous))
     return new, skipped
+
+
+def _landed_as(spark: SparkSession, settings: Settings, hashes: set[str]) -> dict[str, tuple[str, str]]:
+    """sha256 -> (path, batch) of the first landed file with those bytes, for the hashes of the files listed now
+    (a row per hash at most: bounded by the listing)."""
+    if not hashes or not io.exists(spark, INGEST_LEDGER, settings.root):
+        return {}
+    wanted = spark.createDataFrame([(h,) for h in sorted(hashes)], "sha256 STRING")
+    first = F.min_by(F.struct("path", "batch_id"), "ingested_at")
+    rows = (io.read(spark, INGEST_LEDGER, settings.root).where(F.col("status") == LANDED)
+            .join(F.broadcast(wanted), "sha256").groupBy("sha256").agg(first.alias("first")).collect())
+    return {r.sha256: (r.first.path, r.first.batch_id) for r in rows}
+
+
+def _relative(landing: str, path: str) -> str:
+    return path.split(landing.rstrip("/").split("://")[-1], 1)[-1].strip("/")
 
 
 def _hashes(spark: SparkSession, paths: list[str]) -> dict[str, str]:
@@ -242,6 +269,9 @@ def _parse(spark: SparkSession, settings: Settings, entity: str, groups: list[Gr
     splits = spark.createDataFrame([(r._source_file, r._block, r._first_id, r._n) for r in counted],
                                    "_source_file STRING, _block BIGINT, _first_id BIGINT, _n BIGINT")
     frame = readers.number(union, splits).where(kept).drop("_drop", "_block", "_id", "_line_offset")
+    csv_files = [f.path for g in groups if g.fmt == "csv" for f in g.files]
+    if csv_files:
+        frame = readers.skip_blank_lines(spark, frame, readers.blank_line_skips(spark, csv_files))
     counts: dict[str, tuple[int, int]] = {}
     for r in counted:
         read, bad = counts.get(r._source_file, (0, 0))
@@ -332,6 +362,8 @@ def ingest(spark: SparkSession, settings: Settings, landing: str, batch_id: str)
     """Land every new file, quarantine bad records, ledger every file, and check that it all adds up."""
     new, skipped = plan_files(spark, settings, landing)
     ledger: list[tuple] = [_ledger_row(f, batch_id, 0, 0, 0, UNMATCHED, f.reason) for f in new if not f.entities]
+    ledger += [_ledger_row(f, batch_id, 0, 0, 0, DUPLICATE, f.duplicate_of) for f in new if f.duplicate_of]
+    new = [f for f in new if not f.duplicate_of]
     ledger += [_ledger_row(f, batch_id, 0, 0, 0, FAILED, "empty file (0 bytes)") for f in new
                if f.entities and f.size == 0]
     groups, unreadable = groups_of(spark, settings, [f for f in new if f.entities and f.size > 0])

@@ -77,9 +77,49 @@ def number(frame: DataFrame, counted: DataFrame | None = None) -> DataFrame:
             .drop("_first_id", "_before"))
 
 
+BLANK_LINE = "^[\\x00-\\x20]*$"  # what Spark's CSV reader skips unseen (Java's String.trim() leaves nothing)
+
+
+def blank_line_skips(spark: SparkSession, paths: list[str]) -> dict[str, list[int]]:
+    """Per CSV file with blank lines, `b_j - j` for its j-th blank line b_j (1-based, sorted): the number of
+    lines before it that Spark's CSV reader returns or reads as the header. Spark drops blank lines before
+    numbering can see them, so a record numbered n by its ordinal is really on line n + #{j: b_j - j < n}.
+
+    One pass over the files as text (line breaks are the same bytes in every supported encoding, and no byte of
+    a GB18030 character is a space or control); what reaches the driver is a row per file split and the blank
+    lines' ids, not the lines."""
+    scan = _scan(spark.read.text(paths))
+    per_split = (scan.groupBy("_source_file", "_block")
+                 .agg(F.min("_id").alias("first"), F.count(F.lit(1)).alias("n"),
+                      F.collect_list(F.when(F.col("value").rlike(BLANK_LINE), F.col("_id"))).alias("blank"))
+                 .collect())
+    skips: dict[str, list[int]] = {}
+    before: dict[str, int] = {}
+    for split in sorted(per_split, key=lambda r: (r._source_file, r._block)):
+        offset = before.get(split._source_file, 0)
+        if split.blank:
+            skips.setdefault(split._source_file, []).extend(i - split.first + offset + 1 for i in sorted(split.blank))
+        before[split._source_file] = offset + split.n
+    return {file: [line - j for j, line in enumerate(lines, start=1)] for file, lines in skips.items()}
+
+
+def skip_blank_lines(spark: SparkSession, frame: DataFrame, skips: dict[str, list[int]]) -> DataFrame:
+    """`frame`'s `_source_line` moved past the blank lines Spark's CSV reader skipped (see blank_line_skips)."""
+    if not skips:
+        return frame
+    table = spark.createDataFrame(sorted(skips.items()), "_source_file STRING, _skips ARRAY<BIGINT>")
+    passed = F.array_size(F.filter("_skips", lambda before: before < F.col("_source_line")))
+    return (frame.join(F.broadcast(table), "_source_file", "left")
+            .withColumn("_source_line", F.col("_source_line") + F.coalesce(passed, F.lit(0))).drop("_skips"))
+
+
 def _lines(offset: int, drop: Column | None = None) -> list[Column]:
     return [F.lit(offset).alias("_line_offset"), F.lit(None).cast("bigint").alias("_source_line"),
             (drop if drop is not None else F.lit(False)).alias("_drop")]
+
+
+def _too_long(source: EntitySource) -> Column:
+    return F.lit(f"record longer than {source.max_record_bytes} bytes (max_record_bytes in the contract)")
 
 
 # --- CSV / TSV -----------------------------------------------------------------------------------
@@ -105,14 +145,19 @@ def parse_csv(spark: SparkSession, sources: dict[str, EntitySource], paths: list
     names = fields if source.header else [f"_c{i}" for i in range(len(fields))]
     missing = sorted(set(source.sent().values()) - set(names))
     if missing:
-        raise FileProblem(f"columns missing from the file: {missing}")
+        raise FileProblem(f"the header line lacks the contract's columns {missing} "
+                          "(another export, delimiter or encoding?)")
     schema = T.StructType([T.StructField(c, T.StringType()) for c in names]
                           + [T.StructField(CORRUPT, T.StringType())])
     raw = _scan(_csv_reader(spark, source).schema(schema).csv(paths))
     text = F.coalesce(F.col(CORRUPT), F.concat_ws(source.delimiter, *[F.col(f"`{c}`") for c in names]))
     delimiter = "\\" + source.delimiter if not source.delimiter.isalnum() else source.delimiter
-    error = (F.when(F.col(CORRUPT).isNotNull(),
-                    F.concat(F.lit("malformed line: "), F.size(F.split(F.col(CORRUPT), delimiter, -1)).cast("string"),
+    quotes = F.length(CORRUPT) - F.length(F.replace(CORRUPT, F.lit('"')))
+    error = (F.when(F.octet_length("_text") > source.max_record_bytes, _too_long(source))
+             .when(F.col(CORRUPT).isNotNull() & (quotes % 2 == 1),
+                   F.lit("malformed line: a quote that is never closed"))
+             .when(F.col(CORRUPT).isNotNull(),
+                   F.concat(F.lit("malformed line: "), F.size(F.split(F.col(CORRUPT), delimiter, -1)).cast("string"),
                              F.lit(f" fields where the header has {len(names)}")))
              .when(F.col("_text").contains(REPLACEMENT),
                    F.lit(f"wrong encoding: bytes that are not {source.encoding}")))
@@ -215,7 +260,10 @@ def parse_json(spark: SparkSession, sources: dict[str, EntitySource], paths: lis
             condition = condition & (json_value(record, path) == expected)
         route = F.when(condition, F.lit(entity)) if route is None else route.when(condition, F.lit(entity))
     expected_types = sorted({s.resource_type for s in sources.values() if s.resource_type})
-    error = (F.when(record.isNull() | record.getField(CORRUPT).isNotNull(), F.lit("invalid JSON"))
+    longest = max(s.max_record_bytes for s in sources.values())
+    error = (F.when(F.octet_length("value") > longest, _too_long(max(sources.values(),
+                                                                    key=lambda s: s.max_record_bytes)))
+             .when(record.isNull() | record.getField(CORRUPT).isNotNull(), F.lit("invalid JSON"))
              .when(F.col("_entity").isNull(),
                    F.concat(F.lit("not routed: resourceType "), F.coalesce(resource_type, F.lit("(none)")),
                             F.lit(f" does not match the contract's entities for this file ({expected_types})"
@@ -265,7 +313,8 @@ def parse_hl7(spark: SparkSession, sources: dict[str, EntitySource], paths: list
                               "_first_line",
                               segment.alias(row_segment),
                               *[c.alias(n) for n, c in context.items()])
-    error = (F.when(F.col("_pos") == -1, F.lit("text before the first MSH segment"))
+    error = (F.when(F.octet_length("_message") > source.max_record_bytes, _too_long(source))
+             .when(F.col("_pos") == -1, F.lit("text before the first MSH segment"))
              .when(F.col("_pos") == -2, F.lit(f"message without any {row_segment} segment")))
     for column in source.required:
         reference = source.columns[column]

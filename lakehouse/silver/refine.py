@@ -12,6 +12,7 @@ from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakehouse import io
 from lakehouse.catalog import (
@@ -44,6 +45,7 @@ from lakehouse.silver.standardize import (
     normalize_icd9cm3,
     normalize_icd10,
     parse_timestamp,
+    plausible_times,
 )
 
 COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
@@ -155,7 +157,8 @@ def deidentified_age(birth: Column) -> list[Column]:
     """birth_year (top-coded: nobody looks older than 90) and a five-year age band as of today, "90+" above."""
     age = F.floor(F.months_between(F.current_date(), birth) / 12)
     band = F.floor(age / 5) * 5
-    return [F.greatest(F.year(birth), F.year(F.current_date()) - TOP_AGE).alias("birth_year"),
+    top_coded = F.greatest(F.year(birth), F.year(F.current_date()) - TOP_AGE)  # greatest skips a null birth
+    return [F.when(birth.isNotNull(), top_coded).alias("birth_year"),
             F.when(age >= TOP_AGE, F.lit(f"{TOP_AGE}+"))
             .when(age.isNotNull(), F.concat(band.cast("int"), F.lit("-"), (band + 4).cast("int"))).alias("age_band")]
 
@@ -164,7 +167,8 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFram
                         settings: Settings) -> DataFrame:
     """One row per hospital patient record (from latest_patients). person_key: the person `lakehouse link`
     gave the record (silver.person_link), else the record's own person until the next link run."""
-    birth = birth_date(settings)
+    latest = plausible_times(latest.withColumn("_birth", birth_date(settings)), ["_birth"])
+    birth = F.col("_birth")
     valid_id = national_id_is_valid(F.col("national_id"))
     own_key = patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY))
     linked = links.select(F.col("patient_key").alias("_linked_pk"), F.col("person_key").alias("_linked"))
@@ -186,11 +190,12 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFram
 def identity_rows(latest: DataFrame, key: bytes, settings: Settings) -> DataFrame:
     """Direct identifiers of latest_patients in plaintext, cleaned (birth date as yyyy-MM-dd, national ID in
     upper case, the phone's digits): the input of `vault.encrypted`, never written as is."""
+    latest = plausible_times(latest.withColumn("_birth", birth_date(settings)), ["_birth"])
     return latest.select(patient_key(key, F.col("_hospital_id"), F.col(RECORD_KEY)).alias("patient_key"),
                          F.col("_hospital_id").alias("hospital_id"),
                          clean_text(F.col("mrn")).alias("mrn"), clean_text(F.col("name")).alias("name"),
                          F.upper(clean_text(F.col("national_id"))).alias("national_id"),
-                         F.date_format(birth_date(settings), "yyyy-MM-dd").alias("birth_date"),
+                         F.date_format("_birth", "yyyy-MM-dd").alias("birth_date"),
                          F.nullif(F.regexp_replace(clean_text(F.col("phone")), r"[^0-9]", ""), F.lit(""))
                          .alias("phone"),
                          clean_text(F.col("address")).alias("address"),
@@ -469,6 +474,7 @@ class Checked:
 
     def merge(self, df: DataFrame, ref: TableRef) -> Written:
         conf = self.settings.dq.get(ref.name)
+        df = plausible_times(df, [f.name for f in df.schema if isinstance(f.dataType, T.TimestampType)])
         evaluated = quality.evaluate(df, conf).persist()
         self.cached.append(evaluated)
         results = quality.row_results(evaluated, conf, ref.name, self.run_id)

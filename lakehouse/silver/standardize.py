@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import reduce
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -24,9 +24,9 @@ def clean_text(col: Column) -> Column:
 
 def parse_timestamp(col: Column, hospital: Column, formats: dict[str, str]) -> Column:
     """Parse with each hospital's declared format; unparseable values become null (flagged by DQ)."""
-    expr = None
+    expr, cleaned = None, clean_text(col)  # common to every branch: evaluated once
     for hospital_id, fmt in sorted(formats.items()):
-        parsed = parse_time(clean_text(col), fmt)
+        parsed = parse_time(cleaned, fmt)
         expr = F.when(hospital == hospital_id, parsed) if expr is None else expr.when(hospital == hospital_id, parsed)
     return expr if expr is not None else F.lit(None).cast("timestamp")
 
@@ -42,6 +42,17 @@ def parse_time(value: Column, fmt: str) -> Column:
         return F.from_utc_timestamp(F.timestamp_millis(value.try_cast("long")), HOSPITAL_TIME_ZONE)
     parsed = F.try_to_timestamp(value, F.lit(fmt))
     return F.from_utc_timestamp(parsed, HOSPITAL_TIME_ZONE) if has_offset(fmt) else parsed
+
+
+EARLIEST_YEAR = 1900  # before it a time is a placeholder (0000-01-01, 1899-12-30), not an event or a birth
+
+
+def plausible_times(df: DataFrame, columns: list[str]) -> DataFrame:
+    """`columns` (parsed times) null where they fall before EARLIEST_YEAR: a year 0 is no event, and no Python
+    client could even read it. Times in the future are kept; DQ rules flag them. A projection of its own, over
+    columns parsed before it: Spark does not inline a costly expression into a projection that names it twice,
+    so a time is still parsed once (inlined, the doubled parse outgrows the JVM's 64 KB method limit)."""
+    return df.withColumns({c: F.when(F.year(c) >= EARLIEST_YEAR, F.col(c)) for c in columns})
 
 
 def has_offset(fmt: str) -> bool:
