@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test notebooks status lint serve-sql stop-sql serve-api stop-api cluster-up cluster-down cluster-demo bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator clean help
+.PHONY: setup demo test notebooks status lint serve-sql stop-sql serve-api stop-api cluster-up cluster-down cluster-demo chaos bench bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator clean help
 
 help:
 	@echo "make setup  - create .venv, install the lakehouse command, cache Delta's jars (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make serve-api / stop-api - the REST read API (:8000) on the demo lakehouse; tokens: lakehouse api-token"
 	@echo "make cluster-up / cluster-down - a Spark standalone cluster on 127.0.0.1 (master :7077, UI :8080, two workers)"
 	@echo "make cluster-demo - the whole demo through spark-submit on that cluster (root: $(CLUSTER_ROOT))"
+	@echo "make chaos  - seeded kill trials of ingest beyond the test suite's (CHAOS_TRIALS, default 5)"
 	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"
@@ -94,6 +95,9 @@ GOLD_SIZES ?= 4000 12000
 ML_SIZES ?= 6000
 ML_ROWS ?= 1000000
 API_SIZES ?= 100000 1000000
+chaos: setup
+	CHAOS_TRIALS=$${CHAOS_TRIALS:-5} $(BIN)/python -m pytest tests/test_crash.py -p no:cacheprovider
+
 bench: bench-ingest bench-refine bench-link bench-gold bench-ml bench-api bench-generator
 
 bench-ingest: setup

@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "RESTORE), logged as a run of its own; refused when later runs wrote those tables")
     rollback_command.add_argument("--run", required=True, help="a run_id of ops.job_run (lakehouse status shows them)")
     rollback_command.add_argument("--force", action="store_true", help="undo the later runs' commits to them too")
+    erase_command = add("erase", "remove a person from every layer (right to deletion, withdrawn consent): their "
+                        "rows in silver, gold, features, predictions, the vault, bronze and quarantine "
+                        "(`lakehouse vacuum` clears earlier versions after erasure.retention_hours); "
+                        "ops.audit_log records that it happened and why, not whose")
+    erase_command.add_argument("--person", required=True, help="the person_key (silver.person_link)")
+    erase_command.add_argument("--reason", required=True, help="why (recorded in ops.audit_log)")
+    vacuum_command = add("vacuum", "VACUUM the tables with erasure.retention_hours: files that only earlier versions "
+                         "read and that were removed longer ago than that are deleted (what an erasure left too)")
+    vacuum_command.add_argument("--table", action="append", help="<layer>.<table> (repeatable; default: every table)")
+    vacuum_command.add_argument("--full", action="store_true", help="list every folder (also deletes files no "
+                                "commit added, e.g. from killed writes) instead of reading the log (LITE)")
     add("audit-verify", "recompute every writer's hash chain of ops.audit_log; exit 1 naming the first broken "
         "entry (edited, deleted, or replaced)")
     status_command = add("status", "the lakehouse at a glance: tables per layer with their latest Delta version, "
@@ -517,6 +528,30 @@ def _rollback(args, settings: Settings) -> int:
     return 0
 
 
+def _erase(args, settings: Settings) -> int:
+    from lakehouse.erasure import erase
+
+    done = erase(_spark(settings), settings, args.person, args.reason)
+    print(f"erased the person from {len(done.deleted)} tables ({sum(done.deleted.values())} rows, "
+          f"{done.records} hospital records; run {done.run_id}):")
+    for table, rows in sorted(done.deleted.items()):
+        print(f"  {table:<40} {rows} rows")
+    print(f"earlier table versions still hold them until `lakehouse vacuum` runs {done.retention_hours} h from now. "
+          "Outside the lakehouse, for the operator: models trained before today saw their data, and "
+          f"{len(done.landing_files)} landing files still hold their records:")
+    for file in done.landing_files:
+        print(f"  {file}")
+    return 0
+
+
+def _vacuum(args, settings: Settings) -> int:
+    from lakehouse.erasure import vacuum
+
+    tables = vacuum(_spark(settings), settings, args.table, args.full)
+    print(f"vacuumed {len(tables)} tables with {settings.main.erasure.retention_hours} h retention")
+    return 0
+
+
 def _audit_verify(args, settings: Settings) -> int:
     from deltalake import DeltaTable
 
@@ -545,7 +580,8 @@ def _init_secrets(args, settings: Settings) -> int:
 
 # their start, end and outputs are reported by the job run they log (ops.job_run); the other commands get a
 # start and an end of their own
-LOGGED_JOBS = {"ingest", "refine", "link", "build", "cohort", "export-meds", "train", "score", "rollback"}
+LOGGED_JOBS = {"ingest", "refine", "link", "build", "cohort", "export-meds", "train", "score", "rollback", "erase",
+               "vacuum"}
 
 COMMANDS: dict[str, Callable] = {
     "generate": _generate,
@@ -573,6 +609,8 @@ COMMANDS: dict[str, Callable] = {
     "audit-verify": _audit_verify,
     "rollback": _rollback,
     "export": _export,
+    "erase": _erase,
+    "vacuum": _vacuum,
 }
 
 

@@ -145,6 +145,13 @@ class ExportSettings(Strict):
                                         "generalising the quasi-identifiers further")
 
 
+class ErasureSettings(Strict):
+    """`lakehouse erase` and `lakehouse vacuum`: how long a table's earlier files outlive a deletion."""
+
+    retention_hours: int = Field(168, ge=0, description="VACUUM keeps files younger than this: an erased person "
+                                 "is gone from earlier versions (time travel, rollback) only once it has passed")
+
+
 class MainSettings(Strict):
     root: str = "var/lakehouse"
     landing: str = "var/sample/landing"
@@ -157,6 +164,7 @@ class MainSettings(Strict):
     services: ServicesSettings = ServicesSettings()
     cluster: ClusterSettings = ClusterSettings()
     export: ExportSettings = ExportSettings()
+    erasure: ErasureSettings = ErasureSettings()
 
 
 # --- source contracts ---------------------------------------------------------------------------
@@ -790,7 +798,7 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     # what the data depends on: a job re-runs when it changes (not the servers', the cluster's or the exports' settings)
     digest = hashlib.sha256(
         json.dumps(
-            {"main": main.model_dump(mode="json", exclude={"services", "cluster", "export"}),
+            {"main": main.model_dump(mode="json", exclude={"services", "cluster", "export", "erasure"}),
              "sources": {k: v.model_dump() for k, v in by_hospital.items()},
              "tasks": {k: v.model_dump() for k, v in tasks.items()},
              "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),

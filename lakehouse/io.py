@@ -16,7 +16,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import progress
+from lakehouse import chaos, progress
 from lakehouse.catalog import LAYERS, TableRef
 
 
@@ -189,6 +189,7 @@ def _finish(spark: SparkSession, ref: TableRef, root: str) -> Written:
     register(spark, ref, root)
     written = describe(spark, ref, root)
     progress.wrote(written.table, written.version, written.rows)
+    chaos.committed(written.table)
     return written
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -40,12 +42,23 @@ def lock_path(root: str, job: str) -> Path | None:
     return Path(parsed.path if parsed.scheme else root) / LOCK_DIR / f"{job}.lock"
 
 
+DEAD_RUN = re.compile(r"^run ([\w-]+):")
+
+
+@dataclass
+class Held:
+    dead: str | None  # the run a killed holder left named in the lock file
+    keep_dead: bool = False  # set when the dead run could not be undone: the file names it again on release
+
+
 @contextmanager
-def exclusive(root: str, job: str) -> Iterator[None]:
-    """Hold `job`'s lock for the block; JobBusy at once if another run holds it."""
+def exclusive(root: str, job: str, run_id: str = "") -> Iterator[Held]:
+    """Hold `job`'s lock for the block; JobBusy at once if another run holds it. The lock file names its holder's
+    run while it runs and is emptied when the run ends, failed or not: a run id found in it on entry is that of a
+    run that was killed (SIGKILL, a lost machine) part way, which the block is given to undo."""
     path = lock_path(root, job)
     if path is None:
-        yield
+        yield Held(None)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8") as handle:
@@ -56,13 +69,20 @@ def exclusive(root: str, job: str) -> Iterator[None]:
             raise JobBusy(f"{job} is already running under this root ({holder}; lock {path}): two runs of one job "
                           "at once would append the same rows twice") from None
         handle.seek(0)
+        dead = DEAD_RUN.match(handle.read())
+        handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+        handle.write(f"run {run_id or '-'}: pid {os.getpid()} on {socket.gethostname()} since "
                      f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
         handle.flush()
+        os.fsync(handle.fileno())
+        held = Held(dead.group(1) if dead and dead.group(1) != "-" else None)
         try:
-            yield
+            yield held
         finally:
             handle.seek(0)
             handle.truncate()
+            if held.keep_dead:
+                handle.write(f"run {held.dead}: killed part way, not undone yet\n")
+                handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)

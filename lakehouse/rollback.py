@@ -26,7 +26,7 @@ from lakehouse import io
 from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
-from lakehouse.runlog import RUN_TAG, UNDID, JobRun
+from lakehouse.runlog import ERASE_JOB, ERASE_RUN, RUN_TAG, UNDID, JobRun
 
 
 def tag(run_id: str) -> str:
@@ -79,6 +79,13 @@ def plan(spark: SparkSession, settings: Settings, run_id: str) -> tuple[str, lis
 
 def rollback(spark: SparkSession, settings: Settings, run_id: str, force: bool = False) -> JobRun:
     job, steps = plan(spark, settings, run_id)
+    erasures = {r.run_id for r in io.read_or_empty(spark, JOB_RUN, settings.root).where(F.col("job") == ERASE_JOB)
+                .select("run_id").collect()}  # a few: one per erased person
+    touched = {run_id} | {r for s in steps for r in s.later_runs}
+    crossed = sorted((erasures & touched) | {r for r in touched if r.startswith(ERASE_RUN)})
+    if crossed:
+        raise RollbackRefused(f"rolling back run {run_id} would restore what erasure run {', '.join(crossed)} "
+                              "deleted: an erased person never comes back (not even with --force)")
     blocked = [s for s in steps if s.later_runs]
     if blocked and not force:
         raise RollbackRefused("rolling back run " + run_id + " would also undo other runs: " + "; ".join(
@@ -103,3 +110,25 @@ def rollback(spark: SparkSession, settings: Settings, run_id: str, force: bool =
         run.note(f"rolled back {job} run {run_id}" + (", undoing later runs too (--force)" if blocked else "")
                  + ("; its registered model version stays in MLflow" if job.startswith("train") else ""))
     return run
+
+
+def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str | None:
+    """Undo a killed run's commits (its job's lock file still named it) before its job runs again; a note of
+    what was restored, or None when it had committed nothing. Refused, naming them, when later runs of other
+    jobs wrote the same tables since: restoring would undo them too, so that is the operator's call."""
+    if io.exists(spark, JOB_RUN, settings.root) and io.read(spark, JOB_RUN, settings.root).where(
+            (F.col("job") == "rollback") & (F.col("status") == "succeeded")
+            & F.array_contains(F.split(F.regexp_extract("message", UNDID + r" ([\w,-]+)", 1), ","), dead)).count():
+        return f"killed run {dead} was rolled back already"
+    try:
+        _, steps = plan(spark, settings, dead)
+    except UsageError:
+        return None  # killed before its first commit
+    blocked = [s for s in steps if s.later_runs]
+    if blocked:
+        raise RollbackRefused(f"{job} run {dead} was killed part way, and since then other runs wrote its tables ("
+                              + "; ".join(f"{s.table}: {', '.join(s.later_runs)}" for s in blocked)
+                              + f"): roll them back and then `lakehouse rollback --run {dead}`, or --force it")
+    rollback(spark, settings, dead)
+    return f"recovered from killed run {dead}: restored " + ", ".join(
+        f"{s.table} to version {s.target}" if s.target is not None else f"{s.table} (emptied)" for s in steps)

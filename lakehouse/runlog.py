@@ -24,6 +24,8 @@ SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
 # run's commits by it)
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 RUN_TAG = "lakehouse-run:"
+ERASE_JOB = "erase"  # its runs can never be rolled back: an erased person never comes back
+ERASE_RUN = "erase-"  # an erasure's run ids start so: its commits are known by their tag alone (a killed one too)
 UNDID = "undid runs"  # a rollback's note: `undid runs <id>,<id>`; those runs no longer count as a job's last
 
 
@@ -98,11 +100,13 @@ class JobRun:
         self.principal = access.current(self.settings)
         try:  # refused before anything is read: a job writes every layer, and one run of a job at a time
             access.require_admin(self.settings, self.principal, f"running {self.job}")
-            self._lock = locks.exclusive(self.settings.root, self.job)
-            self._lock.__enter__()
+            self._lock = locks.exclusive(self.settings.root, self.job, self.run_id)
+            held = self._lock.__enter__()
         except LakehouseError as err:
             self._audit(FAILED, f"refused: {err}", 403)
             raise
+        if held.dead:
+            self._recover(held)
         progress.job_started(self.job)
         self._outer_tag = self.spark.conf.get(USER_METADATA, None)
         self.spark.conf.set(USER_METADATA, f"{RUN_TAG}{self.run_id}")
@@ -122,15 +126,38 @@ class JobRun:
                 exc.logged_run = f"{self.job} run {self.run_id}"  # the CLI's advice points at it
         except Exception as log_err:  # never hide the job's own error behind a logging error
             print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
-        if self._outer_tag is None:
-            self.spark.conf.unset(USER_METADATA)
-        else:
-            self.spark.conf.set(USER_METADATA, self._outer_tag)
-        self._audit(status, message, 0 if exc is None else 1)
-        self._lock.__exit__(None, None, None)
+        try:
+            if self._outer_tag is None:
+                self.spark.conf.unset(USER_METADATA)
+            else:
+                self.spark.conf.set(USER_METADATA, self._outer_tag)
+            self._audit(status, message, 0 if exc is None else 1)
+        finally:  # the run is logged: its lock no longer names it, whatever happens here
+            self._lock.__exit__(None, None, None)
         seconds = (ended - self.started_at).total_seconds()
         progress.job_ended(self.job, status, seconds, self.outputs)
         print(self.summary(status, seconds, message))
+
+    def _recover(self, held: locks.Held) -> None:
+        """Undo what a killed run of this job committed (found by its tag, as `lakehouse rollback` does), so this
+        run starts from the tables as they were before it: a half-done run leaves no half-written result. Not
+        for an erasure (running it again finishes it: undoing it would bring a person back) nor a rollback
+        (running it again, with --force, finishes it). When the undo is refused the lock keeps naming the dead
+        run, and the refusal is audited."""
+        from lakehouse.rollback import recover
+
+        if self.job in (ERASE_JOB, "rollback"):
+            self.note(f"run {held.dead} of {self.job} was killed part way; this run finishes its work")
+            return
+        try:
+            note = recover(self.spark, self.settings, self.job, held.dead)
+        except BaseException as err:
+            held.keep_dead = True
+            self._audit(FAILED, f"refused: {err}", 1)
+            self._lock.__exit__(None, None, None)
+            raise
+        if note:
+            self.note(note)
 
     def _audit(self, status: str, message: str, code: int) -> None:
         """The run's row of ops.audit_log (its own writer): who ran it, what it read and wrote, the outcome. A

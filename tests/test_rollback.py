@@ -10,12 +10,12 @@ from conftest import CONF
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lakehouse import cli, io
+from lakehouse import cli, io, locks
 from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import load_settings
 from lakehouse.errors import UsageError
 from lakehouse.rollback import RollbackRefused, rollback
-from lakehouse.runlog import JobRun
+from lakehouse.runlog import RUN_TAG, USER_METADATA, JobRun
 
 PROBE = TableRef("gold", "probe", "id INT, v STRING")
 FRESH = TableRef("gold", "fresh", "id INT, v STRING")
@@ -100,3 +100,37 @@ def test_rollback_empties_a_table_the_run_created_and_names_an_unknown_run(spark
     assert table.count() == 0 and table.columns == ["id", "v"]  # the schema and the history stay
     with pytest.raises(UsageError, match="has a commit of run 'nosuchrun', and ops.job_run has no such run"):
         rollback(spark, private, "nosuchrun")
+
+
+def test_a_killed_run_is_undone_by_the_next_run_of_its_job_or_stays_named_until_it_can_be(spark, private):
+    # a probe run killed after its first commit: its commit carries its tag, its job's lock file still names it
+    spark.conf.set(USER_METADATA, f"{RUN_TAG}deadbeef")
+    io.append(spark, _rows(spark, (1, "half-written")), PROBE, private.root)
+    spark.conf.unset(USER_METADATA)
+    lock = locks.lock_path(private.root, "probe")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("run deadbeef: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    later = _run(spark, private, "other", lambda: io.append(spark, _rows(spark, (2, "later")), PROBE, private.root))
+    with pytest.raises(RollbackRefused, match="probe run deadbeef was killed part way.*gold.probe: " + later), \
+            JobRun(spark, private, "probe"):
+        raise AssertionError("the job body must not run")
+    assert lock.read_text().startswith("run deadbeef:")  # still named: the next attempt refuses again
+    rollback(spark, private, later)
+    rollback(spark, private, "deadbeef", force=True)  # what the message says (the first rollback committed too)
+    with JobRun(spark, private, "probe") as run:
+        assert io.read(spark, PROBE, private.root).count() == 0  # the half-written row is gone before the body
+    assert "killed run deadbeef was rolled back already" in run.notes
+    assert lock.read_text() == ""
+
+
+def test_the_next_run_of_a_killed_job_undoes_its_commits_first(spark, private):
+    spark.conf.set(USER_METADATA, f"{RUN_TAG}cafe0001")
+    io.append(spark, _rows(spark, (1, "half-written")), FRESH, private.root)
+    spark.conf.unset(USER_METADATA)
+    lock = locks.lock_path(private.root, "fresh")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("run cafe0001: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    with JobRun(spark, private, "fresh") as run:
+        assert io.read(spark, FRESH, private.root).count() == 0  # undone before the body runs
+    assert any(n.startswith("recovered from killed run cafe0001: restored gold.fresh (emptied)") for n in run.notes), run.notes
+    assert lock.read_text() == ""

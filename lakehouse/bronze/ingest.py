@@ -172,27 +172,28 @@ def plan_files(spark: SparkSession, settings: Settings, landing: str) -> tuple[l
             continue
         hospital, entities, reason = match_contract(settings, landing, path)
         previous = history[path][0].batch_id if path in history else None
-        twin = landed.get(sha256) if entities and size > 0 else None
+        twin = landed.get((hospital, sha256)) if entities and size > 0 else None
         if twin and twin[0] != path:  # sent again under another name, or renamed after its ingest
             new.append(LandingFile(path, size, ms, sha256, hospital, entities, reason, previous,
                                    f"same bytes as {_relative(landing, twin[0])} (batch {twin[1]})"))
             continue
         if entities and size > 0:
-            landed.setdefault(sha256, (path, "this batch"))
+            landed.setdefault((hospital, sha256), (path, "this batch"))
         new.append(LandingFile(path, size, ms, sha256, hospital, entities, reason, previous))
     return new, skipped
 
 
-def _landed_as(spark: SparkSession, settings: Settings, hashes: set[str]) -> dict[str, tuple[str, str]]:
-    """sha256 -> (path, batch) of the first landed file with those bytes, for the hashes of the files listed now
-    (a row per hash at most: bounded by the listing)."""
+def _landed_as(spark: SparkSession, settings: Settings, hashes: set[str]) -> dict[tuple, tuple[str, str]]:
+    """(hospital, sha256) -> (path, batch) of the hospital's first landed file with those bytes, for the hashes of
+    the files listed now (a row per hospital and hash at most: bounded by the listing). An MRN means something
+    only within its hospital, so the same bytes from another hospital are not a duplicate."""
     if not hashes or not io.exists(spark, INGEST_LEDGER, settings.root):
         return {}
     wanted = spark.createDataFrame([(h,) for h in sorted(hashes)], "sha256 STRING")
     first = F.min_by(F.struct("path", "batch_id"), "ingested_at")
     rows = (io.read(spark, INGEST_LEDGER, settings.root).where(F.col("status") == LANDED)
-            .join(F.broadcast(wanted), "sha256").groupBy("sha256").agg(first.alias("first")).collect())
-    return {r.sha256: (r.first.path, r.first.batch_id) for r in rows}
+            .join(F.broadcast(wanted), "sha256").groupBy("hospital_id", "sha256").agg(first.alias("first")).collect())
+    return {(r.hospital_id, r.sha256): (r.first.path, r.first.batch_id) for r in rows}
 
 
 def _relative(landing: str, path: str) -> str:

@@ -11,7 +11,8 @@ partition; the rows of one file split are contiguous, so a small aggregate per (
 the id into the record's ordinal in its file (no shuffle of the rows themselves). The ingest job
 numbers all files of an entity at once; a reader numbers its records itself only where it must
 (HL7 counts segments per message; a FHIR file routed to several entities). Spark's CSV reader skips
-blank lines, so after a blank line a CSV line number is one short.
+blank lines unseen: `blank_line_skips` finds them in one text pass and `skip_blank_lines` moves the
+numbers past them.
 """
 
 from __future__ import annotations
