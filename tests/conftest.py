@@ -41,6 +41,10 @@ CONF = _test_conf()
 TEST_KEYS = {"LAKEHOUSE_PSEUDONYM_KEY": "11" * 32, "LAKEHOUSE_VAULT_KEY": "22" * 32}
 TINY_REGION = {"hospitals": 5, "patients": 800, "days": 2, "seed": 7}  # every dialect
 SPARK_TEST_CONF = {
+    # one session runs the whole suite (~210 tests, thousands of queries): a 2 GB driver ran out of room to
+    # broadcast late in the run, and the SQL status store need not keep every query's plan
+    "spark.driver.memory": "4g",
+    "spark.sql.ui.retainedExecutions": "50",
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",

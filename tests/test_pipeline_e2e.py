@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import io
 from lakehouse.catalog import (
+    AUDIT_LOG,
     BRONZE,
     ENCOUNTER,
     IDENTITY,
@@ -122,7 +123,7 @@ def test_second_run_all_through_the_cli_changes_nothing(spark, region, capsys):
     assert "lakehouse run-all summary" in out and "models:/lakehouse_readmission_30d@champion" in out
     after = _versions(spark, settings.root)
     changed = {t for t in after if after[t] != before.get(t)}
-    assert changed == {JOB_RUN.qualified}
+    assert changed == {JOB_RUN.qualified, AUDIT_LOG.qualified}  # every run is logged and audited
     assert len(mlflow.MlflowClient().search_model_versions(
         f"name='{settings.tasks[TASK].model_name}'")) == model_versions
 

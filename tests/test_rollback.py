@@ -102,14 +102,20 @@ def test_rollback_empties_a_table_the_run_created_and_names_an_unknown_run(spark
         rollback(spark, private, "nosuchrun")
 
 
-def test_a_killed_run_is_undone_by_the_next_run_of_its_job_or_stays_named_until_it_can_be(spark, private):
-    # a probe run killed after its first commit: its commit carries its tag, its job's lock file still names it
-    spark.conf.set(USER_METADATA, f"{RUN_TAG}deadbeef")
-    io.append(spark, _rows(spark, (1, "half-written")), PROBE, private.root)
+def _killed(spark, settings, job: str, run_id: str, table):
+    """A run of `job` killed after its first commit: the commit carries its tag, the job's lock file still names
+    it (as `kill -9` leaves them); the lock file."""
+    spark.conf.set(USER_METADATA, f"{RUN_TAG}{run_id}")
+    io.append(spark, _rows(spark, (1, "half-written")), table, settings.root)
     spark.conf.unset(USER_METADATA)
-    lock = locks.lock_path(private.root, "probe")
+    lock = locks.lock_path(settings.root, job)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text("run deadbeef: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    lock.write_text(f"run {run_id}: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    return lock
+
+
+def test_a_killed_run_is_undone_by_the_next_run_of_its_job_or_stays_named_until_it_can_be(spark, private):
+    lock = _killed(spark, private, "probe", "deadbeef", PROBE)
     later = _run(spark, private, "other", lambda: io.append(spark, _rows(spark, (2, "later")), PROBE, private.root))
     with pytest.raises(RollbackRefused, match="probe run deadbeef was killed part way.*gold.probe: " + later), \
             JobRun(spark, private, "probe"):
@@ -124,13 +130,9 @@ def test_a_killed_run_is_undone_by_the_next_run_of_its_job_or_stays_named_until_
 
 
 def test_the_next_run_of_a_killed_job_undoes_its_commits_first(spark, private):
-    spark.conf.set(USER_METADATA, f"{RUN_TAG}cafe0001")
-    io.append(spark, _rows(spark, (1, "half-written")), FRESH, private.root)
-    spark.conf.unset(USER_METADATA)
-    lock = locks.lock_path(private.root, "fresh")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text("run cafe0001: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    lock = _killed(spark, private, "fresh", "cafe0001", FRESH)
     with JobRun(spark, private, "fresh") as run:
         assert io.read(spark, FRESH, private.root).count() == 0  # undone before the body runs
-    assert any(n.startswith("recovered from killed run cafe0001: restored gold.fresh (emptied)") for n in run.notes), run.notes
+    recovered = "recovered from killed run cafe0001: restored gold.fresh (emptied)"
+    assert recovered in run.notes, run.notes
     assert lock.read_text() == ""
