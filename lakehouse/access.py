@@ -266,10 +266,9 @@ class Reader:
 
     def _log(self, record: dict, started: float, outcome: str, status: int) -> None:
         who = self.principal
-        self._audit.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="read",
+        appended = self._audit.write(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="read",
                            purpose=self.purpose, outcome=outcome[:1000], status=status,
                            duration_ms=(time.monotonic() - started) * 1000, **record)
-        self._audit.flush()
-        if self._audit.pending:
+        if not appended:
             raise LakehouseError(f"the read of {record['target']} was not audited (its row could not be appended "
                                  f"to {AUDIT_LOG.qualified}; see the log above): nothing is read unaudited")

@@ -164,13 +164,12 @@ def _audit(settings: Settings, result: Erasure, reason: str, seconds: float) -> 
     """The erasure's row of ops.audit_log: that it happened, why, what it removed; never whose."""
     who = access.current(settings)
     log = AuditLog(settings.root, flush_seconds=60, writer_kind="erase")
-    log.record(actor=who.name, role=who.role, action="erase", target=f"one person (key withheld), run {result.run_id}",
-               tables=sorted(result.deleted), versions={}, rows=sum(result.deleted.values()), purpose=reason,
-               status=0, duration_ms=seconds * 1000,
-               outcome=f"ok: {result.records} hospital records; earlier versions keep them until vacuumed after "
-                       f"{result.retention_hours} h; "
-                       f"{len(result.landing_files)} landing files still hold their rows")
-    log.flush()
-    if log.pending:
+    appended = log.write(
+        actor=who.name, role=who.role, action="erase", target=f"one person (key withheld), run {result.run_id}",
+        tables=sorted(result.deleted), versions={}, rows=sum(result.deleted.values()), purpose=reason, status=0,
+        duration_ms=seconds * 1000,
+        outcome=f"ok: {result.records} hospital records; earlier versions keep them until vacuumed after "
+                f"{result.retention_hours} h; {len(result.landing_files)} landing files still hold their rows")
+    if not appended:
         raise LakehouseError(f"the erasure (run {result.run_id}) is done but its row could not be appended to "
                              "ops.audit_log (see the log above): record it by hand")

@@ -222,14 +222,14 @@ def _audit(settings: Settings, who: access.Principal, summary: RiskSummary, tabl
            seconds: float) -> None:
     """The export's row of ops.audit_log (its own writer: a chain of one entry per export)."""
     log = AuditLog(settings.root, flush_seconds=60, writer_kind="export")
-    log.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="export",
-               target=f"{table} -> {out}",
-               tables=[table], versions={table: summary.cohort_version}, rows=summary.rows_out,
-               purpose=summary.purpose, status=0, duration_ms=seconds * 1000,
-               outcome=f"ok: k={summary.k}, achieved {summary.k_achieved}, level {summary.level} "
-                       f"({summary.generalisation}), {summary.rows_suppressed} of {summary.rows_in} rows suppressed")
-    log.flush()
-    if log.pending:
+    appended = log.write(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="export",
+                         target=f"{table} -> {out}",
+                         tables=[table], versions={table: summary.cohort_version}, rows=summary.rows_out,
+                         purpose=summary.purpose, status=0, duration_ms=seconds * 1000,
+                         outcome=f"ok: k={summary.k}, achieved {summary.k_achieved}, level {summary.level} "
+                                 f"({summary.generalisation}), {summary.rows_suppressed} of {summary.rows_in} rows "
+                                 "suppressed")
+    if not appended:
         raise LakehouseError(f"the export to {out} was not published: its row could not be appended to "
                              f"{AUDIT_LOG.qualified} (see the log above); nothing leaves unaudited")
 

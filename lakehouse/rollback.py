@@ -26,7 +26,7 @@ from lakehouse import io
 from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
-from lakehouse.runlog import ERASE_JOB, ERASE_RUN, RUN_TAG, UNDID, JobRun
+from lakehouse.runlog import ERASE_JOB, ERASE_RUN, ROLLBACK_JOB, RUN_TAG, UNDID, JobRun, undone_runs
 
 
 def tag(run_id: str) -> str:
@@ -92,7 +92,7 @@ def rollback(spark: SparkSession, settings: Settings, run_id: str, force: bool =
             f"{s.table} has commits of {', '.join(s.later_runs)} after its first commit of it" for s in blocked)
             + ". Roll those back first (newest first), or pass --force to undo them with it")
     undone = sorted({run_id, *(r for s in steps for r in s.later_runs if r != "(untagged)")})
-    with JobRun(spark, settings, "rollback") as run:
+    with JobRun(spark, settings, ROLLBACK_JOB) as run:
         run.note(f"{UNDID} {','.join(undone)}")  # first (the message is cut at 4,000 characters): read by
         # JobRun.previous_inputs, so these runs no longer count as their job's last successful run
         for step in steps:
@@ -116,9 +116,8 @@ def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str
     """Undo a killed run's commits (its job's lock file still named it) before its job runs again; a note of
     what was restored, or None when it had committed nothing. Refused, naming them, when later runs of other
     jobs wrote the same tables since: restoring would undo them too, so that is the operator's call."""
-    if io.exists(spark, JOB_RUN, settings.root) and io.read(spark, JOB_RUN, settings.root).where(
-            (F.col("job") == "rollback") & (F.col("status") == "succeeded")
-            & F.array_contains(F.split(F.regexp_extract("message", UNDID + r" ([\w,-]+)", 1), ","), dead)).count():
+    if io.exists(spark, JOB_RUN, settings.root) and not undone_runs(io.read(spark, JOB_RUN, settings.root)).where(
+            F.col("run_id") == dead).isEmpty():
         return f"killed run {dead} was rolled back already"
     try:
         _, steps = plan(spark, settings, dead)

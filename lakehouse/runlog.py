@@ -9,7 +9,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import access, io, locks, progress
@@ -26,7 +26,14 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 RUN_TAG = "lakehouse-run:"
 ERASE_JOB = "erase"  # its runs can never be rolled back: an erased person never comes back
 ERASE_RUN = "erase-"  # an erasure's run ids start so: its commits are known by their tag alone (a killed one too)
+ROLLBACK_JOB = "rollback"
 UNDID = "undid runs"  # a rollback's note: `undid runs <id>,<id>`; those runs no longer count as a job's last
+
+
+def undone_runs(runs: DataFrame) -> DataFrame:
+    """`run_id` of every run a successful rollback undid (from its `undid runs a,b` note), from ops.job_run."""
+    return (runs.where((F.col("job") == ROLLBACK_JOB) & (F.col("status") == SUCCEEDED))
+            .select(F.explode(F.split(F.regexp_extract("message", UNDID + r" ([\w,-]+)", 1), ",")).alias("run_id")))
 
 
 def git_revision(project_dir) -> str | None:
@@ -82,11 +89,8 @@ class JobRun:
         if not io.exists(self.spark, JOB_RUN, self.settings.root):
             return None
         runs = io.read(self.spark, JOB_RUN, self.settings.root)
-        undone = (runs.where((F.col("job") == "rollback") & (F.col("status") == SUCCEEDED))
-                  .select(F.explode(F.split(F.regexp_extract("message", UNDID + r" ([0-9a-f,]+)", 1), ","))
-                          .alias("run_id")))
         last = (runs.where(F.col("job") == self.job).where(F.col("status").isin(SUCCEEDED, SKIPPED))
-                .join(undone, "run_id", "left_anti")
+                .join(undone_runs(runs), "run_id", "left_anti")
                 .orderBy(F.col("ended_at").desc()).select("config_hash", "inputs").first())
         if last is None or last.config_hash != self.settings.config_hash:
             return None
@@ -146,7 +150,7 @@ class JobRun:
         run, and the refusal is audited."""
         from lakehouse.rollback import recover
 
-        if self.job in (ERASE_JOB, "rollback"):
+        if self.job in (ERASE_JOB, ROLLBACK_JOB):
             self.note(f"run {held.dead} of {self.job} was killed part way; this run finishes its work")
             return
         try:
@@ -164,15 +168,14 @@ class JobRun:
         failed append is logged, not raised: the run itself is recorded in ops.job_run either way."""
         who = self.principal
         log = AuditLog(self.settings.root, flush_seconds=60, writer_kind="job")
-        log.record(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="job",
-                   target=f"{self.job} run {self.run_id}",
-                   tables=[w.table for w in self.inputs + self.outputs],
-                   versions={w.table: w.version for w in self.inputs + self.outputs},
-                   rows=sum(w.rows or 0 for w in self.outputs), purpose=f"job {self.job}",
-                   outcome=f"{status}: {message}"[:1000], status=code,
-                   duration_ms=(dt.datetime.now(dt.UTC) - self.started_at).total_seconds() * 1000)
-        log.flush()
-        if log.pending:
+        appended = log.write(actor=who.name, role=who.role, hospital_id=who.hospital_id, action="job",
+                             target=f"{self.job} run {self.run_id}",
+                             tables=[w.table for w in self.inputs + self.outputs],
+                             versions={w.table: w.version for w in self.inputs + self.outputs},
+                             rows=sum(w.rows or 0 for w in self.outputs), purpose=f"job {self.job}",
+                             outcome=f"{status}: {message}"[:1000], status=code,
+                             duration_ms=(dt.datetime.now(dt.UTC) - self.started_at).total_seconds() * 1000)
+        if not appended:
             print(f"warning: the {self.job} run {self.run_id} could not be recorded in ops.audit_log", file=sys.stderr)
 
     def summary(self, status: str, seconds: float, message: str) -> str:

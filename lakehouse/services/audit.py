@@ -76,6 +76,13 @@ class AuditLog:
             entry["hash"] = self._prev = entry_hash(self._prev, entry)
             self._pending.append(entry)
 
+    def write(self, **columns: Any) -> bool:
+        """Record one row and append it now (a job, a read, an export); False when the append failed (the row
+        stays pending, and goes to the log at close)."""
+        self.record(**columns)
+        self.flush()
+        return not self.pending
+
     @property
     def pending(self) -> list[dict[str, Any]]:
         """Rows queued and not appended yet."""
