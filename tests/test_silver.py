@@ -272,10 +272,12 @@ def test_day_by_day_increments_equal_the_region_refined_at_once_and_a_full_rebui
     # day 3: a hospital re-cuts one of day 2's lab files under another name, every line an exact duplicate (in
     # another order: a byte-identical file would be ledgered as a duplicate file and never read)
     counts = {t: io.read(spark, ref, settings.root).count() for t, ref in SILVER.items()}
-    again = [line + b"\n" for line in sorted(region.landing.glob(f"H01/{days[1]}/lab_result-*.csv"))[0]
-             .read_bytes().splitlines()]
-    (landing / "H01" / "day-3").mkdir()
-    (landing / "H01" / "day-3" / "lab_result-resent.csv").write_bytes(b"".join([again[0], *reversed(again[1:])]))
+    largest = max(region.landing.glob(f"*/{days[1]}/lab_result-*.csv"), key=lambda path: path.stat().st_size)
+    again = [line + b"\n" for line in largest.read_bytes().splitlines()]
+    assert len(again) > 2  # precondition: at least two records, so the re-cut differs from the original file
+    resent_to = landing / largest.parent.parent.name / "day-3"
+    resent_to.mkdir()
+    (resent_to / "lab_result-resent.csv").write_bytes(b"".join([again[0], *reversed(again[1:])]))
     refine_day(3)
     resent = io.read(spark, BRONZE["lab_result"], settings.root).where("_batch_id = 'day-3'").count()
     assert resent > 0  # precondition: the duplicates are in bronze
