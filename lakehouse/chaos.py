@@ -1,7 +1,8 @@
 """Fault injection for the kill tests and `make chaos`: inert unless $LAKEHOUSE_CHAOS_READY names a file.
 
-Then every Delta commit a job makes through `lakehouse.io` appends `<n> <table>` to that file (so a test knows a
-partial commit exists before it kills the job), and with $LAKEHOUSE_CHAOS_HOLD_AFTER=N the job stops after its
+Then every Delta commit a job makes through `lakehouse.io` (and every model registry change `train` makes, as
+`registry:<model>`) appends `<n> <table>` to that file (so a test knows a partial commit exists before it kills
+the job), and with $LAKEHOUSE_CHAOS_HOLD_AFTER=N the job stops after its
 N-th commit and waits there, between two commits, until it is killed.
 """
 

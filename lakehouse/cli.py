@@ -536,6 +536,8 @@ def _erase(args, settings: Settings) -> int:
           f"{done.records} hospital records; run {done.run_id}):")
     for table, rows in sorted(done.deleted.items()):
         print(f"  {table:<40} {rows} rows")
+    for table in done.unlinked:
+        print(f"  {table:<40} other persons' rows no longer name them")
     print(f"earlier table versions still hold them until `lakehouse vacuum` runs {done.retention_hours} h from now. "
           "Outside the lakehouse, for the operator: models trained before today saw their data, and "
           f"{len(done.landing_files)} landing files still hold their records:")

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import access, io, secrets
-from lakehouse.catalog import BRONZE, PERSON, PERSON_LINK, QUARANTINE, TableRef
+from lakehouse.catalog import BRONZE, PERSON, PERSON_EVENT, PERSON_LINK, QUARANTINE, TableRef
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
 from lakehouse.runlog import ERASE_JOB, ERASE_RUN, JobRun
@@ -46,6 +46,7 @@ class Erasure:
     records: int  # the person's hospital patient records
     deleted: dict[str, int] = field(default_factory=dict)  # table -> rows deleted
     landing_files: list[str] = field(default_factory=list)  # files the person's bronze rows came from
+    unlinked: list[str] = field(default_factory=list)  # tables where other persons' rows no longer point at them
     retention_hours: int = DELTA_DEFAULT_RETENTION_HOURS
     run_id: str = ""
 
@@ -70,6 +71,7 @@ def erase(spark: SparkSession, settings: Settings, person_key: str, reason: str)
                   .unionByName(person.select(anywhere, F.col("person_key").alias("token"))))
         result = Erasure(len(records), run_id=run.run_id,
                          retention_hours=settings.main.erasure.retention_hours)
+        ids = _person_ids(spark, settings, records)
         files: set[str] = set()
         for ref in io.list_tables(spark, settings.root):
             if ref.layer == "ops" and ref.qualified != QUARANTINE.qualified:
@@ -77,6 +79,13 @@ def erase(spark: SparkSession, settings: Settings, person_key: str, reason: str)
             gone = _erase_from(spark, settings, ref, key, person, keys, tokens, files)
             if gone:
                 result.deleted[ref.qualified] = gone
+                run.wrote(io.describe(spark, ref, settings.root))
+        # other persons' rows that point at them: the strongest partner a record was compared with, the person
+        # id a link event moved a record from or to
+        for ref, references in ((PERSON_LINK, {"matched_patient_key": records}),
+                                (PERSON_EVENT, {"person_id": ids, "other_person_id": ids})):
+            if io.exists(spark, ref, settings.root) and _unlink(spark, settings, ref, references):
+                result.unlinked.append(ref.qualified)
                 run.wrote(io.describe(spark, ref, settings.root))
         mrns.unpersist()
         result.landing_files = sorted(files)
@@ -95,6 +104,26 @@ def _records(spark: SparkSession, settings: Settings, person: DataFrame) -> list
             found |= {r.patient_key for r in io.read(spark, ref, settings.root).join(person, "person_key")
                       .select("patient_key").distinct().collect()}
     return sorted(found)
+
+
+def _person_ids(spark: SparkSession, settings: Settings, records: list[str]) -> list[str]:
+    """The person index's ids their records held (one, or a few across link runs)."""
+    if not io.exists(spark, PERSON_LINK, settings.root):
+        return []
+    return sorted({r.person_id for r in io.read(spark, PERSON_LINK, settings.root)
+                   .where(F.col("patient_key").isin(records)).select("person_id").distinct().collect()})
+
+
+def _unlink(spark: SparkSession, settings: Settings, ref: TableRef, references: dict[str, list[str]]) -> bool:
+    """Null the columns that name the erased person's records or ids in other persons' rows (a handful of
+    values, so a literal list); whether any row changed."""
+    table = io.read(spark, ref, settings.root)
+    pointing = [column for column, values in references.items()
+                if values and not table.where(F.col(column).isin(values)).isEmpty()]
+    for column in pointing:
+        DeltaTable.forPath(spark, ref.path(settings.root)).update(
+            F.col(column).isin(references[column]), {column: F.lit(None).cast("string")})
+    return bool(pointing)
 
 
 def _erase_from(spark: SparkSession, settings: Settings, ref: TableRef, key: bytes, person: DataFrame,

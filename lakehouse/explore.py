@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import access, io
-from lakehouse.catalog import LAB_RESULT, PATIENT_SUMMARY, QUARANTINE, TIMELINE
+from lakehouse.catalog import DQ_RESULT, LAB_RESULT, PATIENT_SUMMARY, QUARANTINE, TIMELINE
 from lakehouse.config import Settings, load_settings
-from lakehouse.gold.timeline import ADMISSION, DISCHARGE, LOINC_PREFIX, VISIT_PREFIX, person_timeline
+from lakehouse.gold.timeline import ADMISSION, DISCHARGE, LOINC_PREFIX, VISIT_PREFIX, events_in_order
 
 ENV_CONF, ENV_ENV = "LAKEHOUSE_CONF_DIR", "LAKEHOUSE_ENV"
 
@@ -35,6 +35,9 @@ class Lakehouse:
     def table(self, name: str, columns: list[str] | None = None, version: int | None = None) -> DataFrame:
         """`<layer>.<table>` as the notebook's role may see it; the read is audited in ops.audit_log."""
         return self.reader.table(name, columns, version)
+
+    def exists(self, ref: io.TableRef) -> bool:
+        return io.exists(self.spark, ref, self.settings.root)
 
 
 def open_lakehouse(conf_dir: str | Path | None = None, env: str | None = None, root: str | None = None,
@@ -59,24 +62,26 @@ def open_lakehouse(conf_dir: str | Path | None = None, env: str | None = None, r
 
 # --- 1. the region --------------------------------------------------------------------------------
 
-def table_counts(spark: SparkSession, settings: Settings) -> pd.DataFrame:
-    """layer, table, rows, version of every table (as `lakehouse status` shows them)."""
+def table_counts(lh: Lakehouse) -> pd.DataFrame:
+    """layer, table, rows, version of every table (as `lakehouse status` shows them): an admin's view, as every
+    table's row count is read from the run log."""
     from lakehouse.status import tables
 
+    access.require_admin(lh.settings, lh.reader.principal, "counting every table")
     return pd.DataFrame([{"layer": t.layer, "table": t.name, "rows": t.rows, "version": t.version}
-                         for t in tables(spark, settings.root)])
+                         for t in tables(lh.spark, lh.settings.root)])
 
 
 DQ_RATE_COLUMNS = ["hospital_id", "table", "rules", "rules_failed", "checks", "failed", "pass_rate"]
 
 
-def dq_pass_rates(spark: SparkSession, root: str) -> pd.DataFrame:
+def dq_pass_rates(lh: Lakehouse) -> pd.DataFrame:
     """Per hospital and silver table, from the latest refine run (as `lakehouse dq-report` picks it): the
     rules and table checks evaluated and failed, and the share of row checks that passed (rules x hospitals:
     small). No rows before a refine has recorded results."""
-    from lakehouse.silver.report import latest_results
+    from lakehouse.silver.report import latest_of
 
-    latest = latest_results(spark, root)
+    latest = latest_of(lh.table(DQ_RESULT.qualified)) if lh.exists(DQ_RESULT) else None
     if latest is None:
         return pd.DataFrame(columns=DQ_RATE_COLUMNS)
     return (latest.groupBy("hospital_id", "table")
@@ -117,23 +122,23 @@ def plot_dq(rates: pd.DataFrame):
 QUARANTINE_COLUMNS = ["hospital_id", "layer", "reason", "count"]
 
 
-def quarantine_reasons(spark: SparkSession, root: str, top: int = 15) -> pd.DataFrame:
+def quarantine_reasons(lh: Lakehouse, top: int = 15) -> pd.DataFrame:
     """The `top` most frequent (hospital, layer, reason) of ops.quarantine with their record counts (`top`
     rows reach the driver); no rows before anything was quarantined."""
-    if not io.exists(spark, QUARANTINE, root):
+    if not lh.exists(QUARANTINE):
         return pd.DataFrame(columns=QUARANTINE_COLUMNS)
-    return (io.read(spark, QUARANTINE, root).groupBy("hospital_id", "layer", "reason").count()
+    return (lh.table(QUARANTINE.qualified).groupBy("hospital_id", "layer", "reason").count()
             .orderBy(F.col("count").desc(), "hospital_id", "layer", "reason").limit(top)
             .select(*QUARANTINE_COLUMNS).toPandas())
 
 
 # --- 2. one person --------------------------------------------------------------------------------
 
-def well_documented_person(spark: SparkSession, root: str, min_hospitals: int = 2) -> str:
+def well_documented_person(lh: Lakehouse, min_hospitals: int = 2) -> str:
     """A person seen at `min_hospitals` or more hospitals with the most LOINC-coded lab results (for a tour;
     vital signs, LOINC-coded too, do not count)."""
-    summary = io.read(spark, PATIENT_SUMMARY, root).where(F.size("hospitals") >= min_hospitals)
-    labs = (io.read(spark, TIMELINE, root)
+    summary = lh.table(PATIENT_SUMMARY.qualified).where(F.size("hospitals") >= min_hospitals)
+    labs = (lh.table(TIMELINE.qualified)
             .where((F.col("source_table") == LAB_RESULT.qualified) & F.col("code").startswith(LOINC_PREFIX))
             .join(summary.select("person_key"), "person_key", "left_semi")
             .groupBy("person_key").count())
@@ -143,9 +148,9 @@ def well_documented_person(spark: SparkSession, root: str, min_hospitals: int = 
     return best.person_key
 
 
-def timeline_of(spark: SparkSession, root: str, person_key: str) -> pd.DataFrame:
+def timeline_of(lh: Lakehouse, person_key: str) -> pd.DataFrame:
     """One person's events, time-ordered (one person: small)."""
-    return person_timeline(spark, root, person_key).toPandas()
+    return events_in_order(lh.table(TIMELINE.qualified), person_key).toPandas()
 
 
 def stays(events: pd.DataFrame) -> pd.DataFrame:
@@ -191,19 +196,18 @@ def plot_timeline(events: pd.DataFrame, labs: list[str] | None = None, max_labs:
 
 # --- 3. a cohort ----------------------------------------------------------------------------------
 
-def cohort_from_yaml(spark: SparkSession, settings: Settings, text: str,
-                     as_of=None) -> tuple[DataFrame, pd.DataFrame]:
+def cohort_from_yaml(lh: Lakehouse, text: str, as_of=None) -> tuple[DataFrame, pd.DataFrame]:
     """Try a cohort definition without writing anything: its members (a DataFrame, evaluated once and kept
     on the executors) and its attrition table. Evaluated as `build` evaluates conf/cohorts files (the same
     validation, as-of day and inputs); save it there to have `build` keep it."""
     from lakehouse.config import parse_cohort
-    from lakehouse.gold.build import evaluate_cohort, silver_tables
+    from lakehouse.gold.build import INPUTS, evaluate_cohort
 
     spec = parse_cohort(text, "notebook cohort")
-    cohort = evaluate_cohort(settings, spec, io.read(spark, TIMELINE, settings.root), silver_tables(spark, settings),
-                             as_of)
+    cohort = evaluate_cohort(lh.settings, spec, lh.table(TIMELINE.qualified),
+                             {ref.name: lh.table(ref.qualified) for ref in INPUTS}, as_of)
     members = cohort.members.localCheckpoint()  # read again by every summary of the draft
-    steps = cohort.attrition(spark).select("step", "criterion", "kind", "persons", "index_events")
+    steps = cohort.attrition(lh.spark).select("step", "criterion", "kind", "persons", "index_events")
     return members, steps.toPandas()
 
 

@@ -18,7 +18,7 @@ from lakehouse.gold.build import outputs as build_outputs
 from lakehouse.gold.meds import MedsExport, export_meds
 from lakehouse.io import Written
 from lakehouse.ml.score import score, score_inputs
-from lakehouse.ml.train import PRIMARY_METRIC, TrainResult, current, train, train_inputs
+from lakehouse.ml.train import PRIMARY_METRIC, TrainResult, current, mark_killed, train, train_inputs
 from lakehouse.runlog import JobRun
 from lakehouse.silver.link import OUTPUTS as LINK_OUTPUTS
 from lakehouse.silver.link import link, link_inputs
@@ -155,7 +155,10 @@ def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
             if not force and run.up_to_date() and current(settings, spec) is not None:
                 run.skip()
                 continue
-            result = train(spark, settings, spec, source)
+            if run.recovered:
+                run.note(f"{mark_killed(settings, run.recovered)} MLflow runs of killed run {run.recovered} "
+                         "marked KILLED")
+            result = train(spark, settings, spec, source, run.run_id)
             run.note(f"mlflow run {result.run_id}; {result.model_name} v{result.version}; "
                      f"{PRIMARY_METRIC}={result.metrics[PRIMARY_METRIC]:.3f}; {result.decision}")
         results.append(result)

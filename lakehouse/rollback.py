@@ -26,11 +26,7 @@ from lakehouse import io
 from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError, UsageError
-from lakehouse.runlog import ERASE_JOB, ERASE_RUN, ROLLBACK_JOB, RUN_TAG, UNDID, JobRun, undone_runs
-
-
-def tag(run_id: str) -> str:
-    return f"{RUN_TAG}{run_id}"
+from lakehouse.runlog import ERASE_JOB, ERASE_RUN, ROLLBACK_JOB, UNDID, JobRun, run_of, undone_runs
 
 
 class RollbackRefused(LakehouseError):
@@ -64,11 +60,11 @@ def plan(spark: SparkSession, settings: Settings, run_id: str) -> tuple[str, lis
         # one row per commit of one table: read once, sorted out here
         history = DeltaTable.forPath(spark, ref.path(settings.root)).history().select("version", "userMetadata")
         commits = [(r.version, r.userMetadata) for r in history.collect()]
-        mine = [version for version, by in commits if by == tag(run_id)]
+        mine = [version for version, by in commits if run_of(by) == run_id]
         if not mine:
             continue
-        later = sorted({(by or "(untagged)").removeprefix(RUN_TAG) for version, by in commits
-                        if version > min(mine) and by != tag(run_id)})
+        later = sorted({run_of(by) or "(untagged)" for version, by in commits
+                        if version > min(mine) and run_of(by) != run_id})
         steps.append(Step(ref.qualified, min(mine), max(mine), tuple(later)))
     if not steps:
         raise UsageError(f"no table under {settings.root} has a commit of run {run_id!r}"

@@ -1,8 +1,9 @@
-"""Kill tests: `lakehouse ingest` (its own process group, a real JVM) is killed with SIGKILL once held between
-two Delta commits and once at a seeded moment after its first commit (each trial checks a partial commit really
+"""Kill tests: each job (`lakehouse <job>` in its own process group, a real JVM) is killed with SIGKILL once held
+between two commits and once at a seeded moment after its first commit (each trial checks a partial commit really
 landed), then run again: the job's lock still names the killed run, so the new run first restores the tables it
-had written, and the final bronze, quarantine and ledger equal those of an uninterrupted run and reconcile.
-`make chaos` runs more seeded trials (CHAOS_TRIALS)."""
+had written (and marks a killed training's MLflow runs KILLED), and the final tables equal those of an
+uninterrupted run. Every job starts from the tables an uninterrupted run of the jobs before it left (one chain,
+built once, on two hospitals' first day). `make chaos` runs more seeded trials (CHAOS_TRIALS)."""
 
 from __future__ import annotations
 
@@ -18,26 +19,57 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 from conftest import CONF
+from mlflow import MlflowClient
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, MapType
 
 from lakehouse import chaos, io, pipeline
 from lakehouse.bronze.reconcile import reconcile
-from lakehouse.catalog import BRONZE, INGEST_LEDGER, JOB_RUN, QUARANTINE
+from lakehouse.catalog import AUDIT_LOG, JOB_RUN, TableRef
+from lakehouse.ml import tracking
 
-TRIALS = [("held", 2)] + [("seeded", seed) for seed in range(int(os.environ.get("CHAOS_TRIALS", "1")))]
-VOLATILE = ("_batch_id", "_ingested_at", "batch_id", "quarantined_at", "ingested_at")
+JOBS = ("ingest", "refine", "link", "build", "train", "score")
+TASKS = 2  # train and score run once per prediction task, each its own logged run under its own lock
+HOLD = {"train": 1, "score": 1}  # held after this commit (default 2): inside the first task's run
+DELAY = {"train": 3.0, "score": 0.5}  # a seeded trial kills up to this many seconds after the first commit (default 4)
+TRIALS = [("held", None)] + [("seeded", seed) for seed in range(int(os.environ.get("CHAOS_TRIALS", "1")))]
+# columns that say when or in which batch a row was written, not what it holds
+VOLATILE = {"_batch_id", "_ingested_at", "batch_id", "quarantined_at", "ingested_at", "refined_at", "linked_at",
+            "built_at", "scored_at", "updated_at", "evaluated_at", "run_id",
+            "source_versions"}  # the input versions a gold row was built from: a recovery's restore adds versions
 
 
-def _state(spark, root: str) -> dict:
-    tables = {}
-    for ref in (*BRONZE.values(), QUARANTINE):
-        if io.exists(spark, ref, root):
-            df = io.read(spark, ref, root)
-            df = df.drop(*[c for c in VOLATILE if c in df.columns])
-            tables[ref.qualified] = df.withColumn("_extra", F.to_json("_extra")) if "_extra" in df.columns else df
-    ledger = io.read(spark, INGEST_LEDGER, root).select("path", "sha256", "status", "rows_read", "rows_landed",
-                                                        "rows_quarantined")
-    return {**tables, INGEST_LEDGER.qualified: ledger}
+def _run(spark, settings, job: str, landing: Path) -> None:
+    {"ingest": lambda: pipeline.run_ingest(spark, settings, str(landing)),
+     "refine": lambda: pipeline.run_refine(spark, settings),
+     "link": lambda: pipeline.run_link(spark, settings),
+     "build": lambda: pipeline.run_build(spark, settings),
+     "train": lambda: pipeline.run_train(spark, settings),
+     "score": lambda: pipeline.run_score(spark, settings)}[job]()
+
+
+def _comparable(spark, ref: TableRef, root: str):
+    df = io.read(spark, ref, root)
+    df = df.drop(*[f.name for f in df.schema.fields if f.name in VOLATILE  # and ciphertext: every encryption
+                   or isinstance(f.dataType, BinaryType)])                  # draws its own nonce
+    maps = [f.name for f in df.schema.fields if isinstance(f.dataType, MapType)]
+    return df.select(*[F.to_json(c).alias(c) if c in maps else F.col(c) for c in df.columns])
+
+
+def _written(spark, before: Path | None, after: Path) -> list[TableRef]:
+    """The tables a job changed: its outputs, without the run log and the audit trail (they record every run)."""
+    def version(ref, root):
+        return io.latest_version(spark, ref, str(root)) if root is not None and io.exists(spark, ref, str(root)) \
+            else None
+    return [ref for ref in io.list_tables(spark, str(after)) if (ref.layer, ref.name) not in
+            {(JOB_RUN.layer, JOB_RUN.name), (AUDIT_LOG.layer, AUDIT_LOG.name)}
+            and version(ref, after) != version(ref, before)]
+
+
+def _champions(settings) -> dict[str, dict[str, float]]:
+    client = MlflowClient(tracking.tracking_uri(settings), tracking.tracking_uri(settings))
+    return {task.model_name: client.get_run(client.get_model_version_by_alias(task.model_name, "champion").run_id)
+            .data.metrics for task in settings.tasks.values()}
 
 
 @pytest.fixture(scope="module")
@@ -50,44 +82,80 @@ def landing(region, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(spark, settings, landing, tmp_path_factory):
-    local = settings.model_copy(update={"root": str(tmp_path_factory.mktemp("reference") / "root")})
-    pipeline.run_ingest(spark, local, str(landing))
-    return _state(spark, local.root)
+def after(spark, settings, landing, tmp_path_factory):
+    """after(job): a root holding what an uninterrupted chain of the jobs up to and including `job` wrote."""
+    base, built = tmp_path_factory.mktemp("chain"), {}
+
+    def root(job: str) -> Path:
+        if job not in built:
+            folder = base / job
+            if JOBS.index(job):
+                shutil.copytree(root(JOBS[JOBS.index(job) - 1]), folder)
+            _run(spark, settings.model_copy(update={"root": str(folder)}), job, landing)
+            built[job] = folder
+        return built[job]
+    return root
 
 
-@pytest.mark.parametrize(("mode", "value"), TRIALS, ids=[f"{m}-{v}" for m, v in TRIALS])
-def test_a_killed_ingest_reruns_to_the_uninterrupted_result(spark, settings, landing, reference, tmp_path, mode,
-                                                            value):
-    root, ready = str(tmp_path / "root"), tmp_path / "commits.txt"
-    env = {**os.environ, chaos.READY_ENV: str(ready), **({chaos.HOLD_ENV: str(value)} if mode == "held" else {})}
-    job = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "ingest", "--conf-dir", str(CONF), "--root", root,
-                            "--landing", str(landing)], env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill(job: str, root: Path, landing: Path, mode: str, seed: int | None, ready: Path) -> list[str]:
+    """Start `lakehouse <job>`, kill its process group at the trial's moment; the commits it made."""
+    hold = HOLD.get(job, 2)
+    env = {**{k: v for k, v in os.environ.items() if k != tracking.ENV},  # MLflow exported the last root's store
+           chaos.READY_ENV: str(ready), **({chaos.HOLD_ENV: str(hold)} if mode == "held" else {})}
+    command = [sys.executable, "-m", "lakehouse.cli", job, "--conf-dir", str(CONF), "--root", str(root)]
+    process = subprocess.Popen(command + (["--landing", str(landing)] if job == "ingest" else []), env=env,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wanted = value if mode == "held" else 1
-        deadline = time.monotonic() + 300
+        wanted = hold if mode == "held" else 1
+        deadline = time.monotonic() + 400
         while not (ready.exists() and len(ready.read_text().splitlines()) >= wanted):
-            assert job.poll() is None and time.monotonic() < deadline, "the job ended before its commits"
+            assert process.poll() is None and time.monotonic() < deadline, f"{job} ended before its commits"
             time.sleep(0.2)
         if mode == "seeded":
-            time.sleep(random.Random(value).uniform(0, 4))
+            time.sleep(random.Random(seed).uniform(0, DELAY.get(job, 4.0)))
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-    assert job.returncode == -signal.SIGKILL  # killed, not finished
-    commits = ready.read_text().splitlines()
-    partial = commits[0].split()[1]
-    assert len(commits) >= 1 and io.latest_version(spark, io.TableRef(*partial.split("."), ""), root) is not None
-    assert not io.exists(spark, JOB_RUN, root) or io.read(spark, JOB_RUN, root).count() == 0  # no run finished
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL  # killed, not finished
+    return ready.read_text().splitlines()
 
-    local = settings.model_copy(update={"root": root})
-    run = pipeline.run_ingest(spark, local, str(landing))
-    assert any(n.startswith("recovered from killed run") for n in run.notes), run.notes
-    state = _state(spark, root)
-    assert sorted(state) == sorted(reference)
-    for table, expected in reference.items():
-        assert_df_equality(state[table], expected, ignore_row_order=True, ignore_nullable=True,
-                           ignore_column_order=True)
-    assert reconcile(spark, local).where(~F.col("balanced")).count() == 0
-    assert not Path(root, "_locks", "ingest.lock").read_text()  # released, naming no run
+
+@pytest.mark.parametrize("job", JOBS)
+@pytest.mark.parametrize(("mode", "seed"), TRIALS, ids=[f"{m}-{s}" if s is not None else m for m, s in TRIALS])
+def test_a_killed_job_reruns_to_the_uninterrupted_result(spark, settings, landing, after, tmp_path, job, mode,
+                                                         seed):
+    before = after(JOBS[JOBS.index(job) - 1]) if JOBS.index(job) else None
+    expected = after(job)
+    root = tmp_path / "root"
+    if before is not None:
+        shutil.copytree(before, root)
+    local = settings.model_copy(update={"root": str(root)})
+    logged = io.read(spark, JOB_RUN, str(root)).count() if before is not None else 0
+
+    commits = _kill(job, root, landing, mode, seed, tmp_path / "commits.txt")
+    first = commits[0].split()[1]  # a partial commit really exists
+    if first.startswith("registry:"):
+        assert MlflowClient(tracking.tracking_uri(local)).search_model_versions(
+            f"name = '{first.removeprefix('registry:')}'")
+    else:
+        assert io.latest_version(spark, TableRef(*first.split("."), ""), str(root)) is not None
+    finished = io.read(spark, JOB_RUN, str(root)).count() - logged if io.exists(spark, JOB_RUN, str(root)) else 0
+    assert finished < (TASKS if job in ("train", "score") else 1)  # the job as a whole did not finish
+
+    _run(spark, local, job, landing)
+    notes = [r.message for r in io.read(spark, JOB_RUN, str(root)).where(F.col("job").startswith(job)).collect()]
+    if mode == "held":  # the killed run held its lock: the new run undid what it had written
+        assert any("recovered from killed run" in n for n in notes), notes
+    assert sorted(r.qualified for r in io.list_tables(spark, str(root))) == sorted(
+        r.qualified for r in io.list_tables(spark, str(expected)))
+    for ref in _written(spark, before, expected):
+        assert_df_equality(_comparable(spark, ref, str(root)), _comparable(spark, ref, str(expected)),
+                           ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
+    if job == "ingest":
+        assert reconcile(spark, local).where(~F.col("balanced")).count() == 0
+    if job == "train":  # the same champions, and no MLflow run left RUNNING by the killed one
+        assert _champions(local) == _champions(settings.model_copy(update={"root": str(expected)}))
+        client = MlflowClient(tracking.tracking_uri(local))
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
+    assert all(not lock.read_text() for lock in Path(root, "_locks").glob("*.lock"))  # released, naming no run

@@ -15,7 +15,7 @@ from deltalake import DeltaTable as RsTable
 from pyspark.sql import functions as F
 
 from lakehouse import cli, io, secrets
-from lakehouse.catalog import AUDIT_LOG, JOB_RUN, PERSON, PERSON_LINK
+from lakehouse.catalog import AUDIT_LOG, JOB_RUN, PERSON, PERSON_EVENT, PERSON_LINK
 from lakehouse.config import ErasureSettings
 from lakehouse.erasure import erase, vacuum
 from lakehouse.errors import UsageError
@@ -46,6 +46,15 @@ def _holding(spark, root: str, person: str, keys: list[str], mrns: set[tuple[str
     return held
 
 
+def _other_record(links, keys: list[str]) -> str:
+    return links.where(~F.col("patient_key").isin(keys)).orderBy("patient_key").first().patient_key
+
+
+def _ids(links, person: str) -> list[str]:
+    return sorted(r.person_id for r in links.where(F.col("person_key") == person).select("person_id").distinct()
+                  .collect())
+
+
 @pytest.fixture(scope="module")
 def erased(region, spark, settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("erase") / "root"
@@ -62,6 +71,13 @@ def erased(region, spark, settings, tmp_path_factory):
     with JobRun(spark, local, "probe") as probe:  # a run before the erasure that wrote one of the tables it changes
         probe.wrote(io.append(spark, spark.createDataFrame([(person, 1)], "person_key STRING, n INT"),
                               io.TableRef("gold", "probe", ""), local.root))
+    # another person's record is made to name theirs as its strongest partner, and one of its link events their id
+    # as the one it came from (the tiny region has no such pair): the erasure must null both, deleting neither
+    other = _other_record(links, keys)
+    DeltaTable.forPath(spark, PERSON_LINK.path(local.root)).update(
+        F.col("patient_key") == other, {"matched_patient_key": F.lit(keys[0])})
+    DeltaTable.forPath(spark, PERSON_EVENT.path(local.root)).update(
+        F.col("patient_key") == other, {"other_person_id": F.lit(_ids(links, person)[0])})
     before = _holding(spark, local.root, person, keys, mrns)
     totals = {t: io.describe(spark, io.TableRef(*t.split("."), ""), local.root).rows for t in before}
     versions = {t: io.latest_version(spark, io.TableRef(*t.split("."), ""), local.root) for t in before}
@@ -69,8 +85,17 @@ def erased(region, spark, settings, tmp_path_factory):
     return local, person, keys, mrns, before, totals, versions, result, probe.run_id
 
 
-def test_the_person_is_gone_from_every_layer_and_nobody_else_lost_a_row(erased, spark):
+def test_the_person_is_gone_from_every_layer_and_nobody_else_lost_a_row(erased, spark, settings):
     local, person, keys, mrns, before, totals, _, result, _ = erased
+    links = io.read(spark, PERSON_LINK, settings.root)  # the region's, untouched
+    other, ids = _other_record(links, keys), _ids(links, person)
+    # the other person's rows stay, no longer naming them
+    assert [tuple(r) for r in io.read(spark, PERSON_LINK, local.root).where(F.col("patient_key") == other)
+            .select("matched_patient_key").collect()] == [(None,)]
+    events = io.read(spark, PERSON_EVENT, local.root)
+    assert events.where(F.col("patient_key") == other).count() >= 1
+    assert events.where(F.col("person_id").isin(ids) | F.col("other_person_id").isin(ids)).isEmpty()
+    assert result.unlinked == ["silver.person_link", "silver.person_event"]
     assert {"bronze.patient", "vault.identity", "silver.person", "silver.person_link", "silver.encounter",
             "gold.patient_timeline", "gold.patient_summary", "gold.features_readmission_30d"} <= set(before)
     assert _holding(spark, local.root, person, keys, mrns) == {}

@@ -134,8 +134,11 @@ def timeline_events(tables: dict[str, DataFrame]) -> DataFrame:
 
 def person_timeline(spark: SparkSession, root: str, person_key: str) -> DataFrame:
     """One person's events in time order (data skipping on person_key reads one file or two)."""
-    return (spark.read.format("delta").load(TIMELINE.path(root)).where(F.col("person_key") == person_key)
-            .orderBy("time", "code"))
+    return events_in_order(spark.read.format("delta").load(TIMELINE.path(root)), person_key)
+
+
+def events_in_order(timeline: DataFrame, person_key: str) -> DataFrame:
+    return timeline.where(F.col("person_key") == person_key).orderBy("time", "code")
 
 
 def file_count(rows: int, rows_per_file: int) -> int:

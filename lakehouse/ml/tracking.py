@@ -9,10 +9,15 @@ import mlflow
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 
+ENV = "MLFLOW_TRACKING_URI"
+# the stores configure() pointed MLflow at from a root or the config: MLflow exports each as $MLFLOW_TRACKING_URI
+# (for subprocesses), where it must not be taken for the user's own choice when another root is configured
+_exported: set[str] = set()
+
 
 def tracking_uri(settings: Settings) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get(ENV) and os.environ[ENV] not in _exported:
+        return os.environ[ENV]
     if settings.main.mlflow.tracking_uri:
         return settings.main.mlflow.tracking_uri
     if "://" in settings.root and not settings.root.startswith("file:"):
@@ -30,6 +35,8 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+    if os.environ.get(ENV) != uri:
+        _exported.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = settings.main.mlflow.experiment

@@ -26,7 +26,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import io, progress
+from lakehouse import chaos, io, progress
 from lakehouse.catalog import features_table
 from lakehouse.config import ModelSpec, Settings, TaskSpec
 from lakehouse.io import Written
@@ -226,10 +226,12 @@ def train_inputs(spark: SparkSession, settings: Settings, task: TaskSpec) -> Wri
     return io.describe(spark, features_table(task.name, task.features), settings.root)
 
 
-def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path) -> ModelReport:
+def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path,
+                   job_run: str | None = None) -> ModelReport:
     """External validation of one model over the folds, in its own nested MLflow run."""
     features = list(task.features)
-    with mlflow.start_run(run_name=f"{task.name}-{spec.type}", nested=True) as run:
+    with mlflow.start_run(run_name=f"{task.name}-{spec.type}", nested=True,
+                          tags={JOB_RUN_TAG: job_run or "none"}) as run:
         mlflow.log_params({f"model.{k}": v for k, v in spec.model_dump().items()})
         scored = None
         for n, fold in enumerate(folds, start=1):
@@ -250,7 +252,11 @@ def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path
     return report
 
 
-def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Written) -> TrainResult:
+JOB_RUN_TAG = "lakehouse_run"  # the `ops.job_run` run that trained an MLflow run (its nested runs too)
+
+
+def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Written,
+          job_run: str | None = None) -> TrainResult:
     ref = features_table(task.name, task.features)
     data = labelled(io.read(spark, ref, settings.root, version=source.version)).persist()
     features = list(task.features)
@@ -261,7 +267,8 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
         mlflow.set_tags({"task": task.name, "git_revision": git_revision(settings.project_dir) or "unknown",
                          "config_hash": settings.config_hash, "feature_table": ref.qualified,
                          "feature_table_version": str(source.version), "validation": task.validation,
-                         "source_versions": json.dumps(dict(versions[0]) if versions else {})})
+                         "source_versions": json.dumps(dict(versions[0]) if versions else {}),
+                         JOB_RUN_TAG: job_run or "none"})
         mlflow.log_dict(task.model_dump(mode="json"), "task.json")
         folds = folds_of(data, task)
         counts = data.agg(F.count("*").alias("n"), F.sum(LABEL).alias("positives"),
@@ -269,7 +276,7 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
         stddev = {n: float(counts[n] or 0.0) for n in features}
         mlflow.log_metrics({"n_index_events": float(counts.n), "n_positives": float(counts.positives or 0),
                             **{f"fold/{f.held_out}/excluded_persons": float(f.excluded_persons) for f in folds}})
-        reports = [validate_model(spec, folds, task, out) for spec in task.models]
+        reports = [validate_model(spec, folds, task, out, job_run) for spec in task.models]
         best = max(reports, key=lambda r: (r.auroc if r.auroc == r.auroc else -1.0))  # NaN ranks last
         progress.step(f"fit {best.spec.type} on every hospital", task.name, rows=int(counts.n))
         final = fit(data, best.spec, features)
@@ -288,7 +295,9 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
         mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE), model_config=str(config_file),
                                 signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", task.model_name).version
+        chaos.committed(f"registry:{task.model_name}")
         promoted, decision = promote(task, str(version), best.metrics[POOLED])
+        chaos.committed(f"registry:{task.model_name}")
         mlflow.set_tags({"registered_version": str(version), "best_model": best.spec.type, "promotion": decision,
                          "promoted": str(promoted).lower()})
     data.unpersist()
@@ -296,6 +305,18 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
 
 
 # --- registry -------------------------------------------------------------------------------------
+
+def mark_killed(settings: Settings, job_run: str) -> int:
+    """End the MLflow runs a killed `train` run left RUNNING as KILLED (its model versions stay: one is only
+    registered once its model is fully logged); how many were."""
+    tracking.configure(settings)
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.{JOB_RUN_TAG} = '{job_run}' AND attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
 
 def current(settings: Settings, task: TaskSpec, alias: str = CHAMPION):
     """The model version behind an alias, or None."""

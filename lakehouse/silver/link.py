@@ -21,8 +21,9 @@ from lakehouse import io
 from lakehouse.catalog import IDENTITY, PERSON, PERSON_EVENT, PERSON_LINK, SILVER
 from lakehouse.config import LINK_LEVELS, Linkage, Settings
 from lakehouse.io import Written
+from lakehouse.runlog import commit_note
 from lakehouse.silver import vault, vocab
-from lakehouse.silver.refine import COMMIT_METADATA, person_key
+from lakehouse.silver.refine import person_key
 from lakehouse.silver.standardize import national_id_is_valid
 
 MISSING = "missing"
@@ -293,18 +294,17 @@ def link(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes, 
         previous = io.read_or_empty(spark, PERSON_LINK, root).select("patient_key", "person_id")
         assigned = assign_ids(membership, previous, run_id).localCheckpoint()
         rows = link_rows(feats, pairs, assigned, key, run_id)
-        spark.conf.set(COMMIT_METADATA, f"link {run_id}")
-        written = [io.overwrite(spark, rows, PERSON_LINK, root),
-                   io.append(spark, events(assigned, run_id), PERSON_EVENT, root)]
-        changed, updated = update_person_keys(spark, root)
-        written += updated
-        stats = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count("rule").alias("links")).first()
-        result = LinkResult(written, feats.count(), assigned.select("person_id").distinct().count(),
-                            stats.pairs, stats.links, candidates.oversized.count(), changed)
-        pairs.unpersist()
-        return result
+        with commit_note(spark, run_id, "link"):
+            written = [io.overwrite(spark, rows, PERSON_LINK, root),
+                       io.append(spark, events(assigned, run_id), PERSON_EVENT, root)]
+            changed, updated = update_person_keys(spark, root)
+            written += updated
+            stats = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count("rule").alias("links")).first()
+            result = LinkResult(written, feats.count(), assigned.select("person_id").distinct().count(),
+                                stats.pairs, stats.links, candidates.oversized.count(), changed)
+            pairs.unpersist()
+            return result
     finally:
-        spark.conf.unset(COMMIT_METADATA)
         feats.unpersist()
 
 

@@ -35,6 +35,7 @@ from lakehouse.catalog import (
 )
 from lakehouse.config import Settings
 from lakehouse.io import Written
+from lakehouse.runlog import commit_note
 from lakehouse.silver import quality, vault, vocab
 from lakehouse.silver.standardize import (
     clean_text,
@@ -48,7 +49,6 @@ from lakehouse.silver.standardize import (
     plausible_times,
 )
 
-COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 INCREMENT_UPDATE_WHEN = "t.updated_at IS NULL OR s.updated_at >= t.updated_at"  # a later batch wins a tie
 CANCELLED = "_cancelled"  # the latest version of the record cancels it
 RECORD_KEY = "_record_key"  # the source id, or the file and line of a record sent without one
@@ -434,31 +434,30 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     sex = vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab")
     checked = Checked(spark, settings, run_id, update_when)
     # every commit of this refine says, in the tables' history, which run and vocabulary version made it
-    spark.conf.set(COMMIT_METADATA, f"refine {run_id}; vocab {vocab.version(settings.vocab_dir)}; "
-                                    f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches")
-    try:
-        links = io.read_or_empty(spark, PERSON_LINK, root)
-        identities = vault.encrypted(identity_rows(patients, key, settings), vault.key_frame(spark, vault_key))
-        outputs = [checked.merge(standardize_persons(patients, sex, links, key, settings), PERSON),
-                   io.merge(spark, identities, IDENTITY, root, update_when=update_when)]
-        people = io.read(spark, PERSON, root)
-        tables = event_tables(spark, settings, bronze, people, key)
-        outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up
-        encounters = io.read(spark, ENCOUNTER, root).select("encounter_key", F.lit(True).alias("encounter_found"))
-        arrived = tables[0][0].select("encounter_key")
-        for df, ref in tables[1:]:
-            found = df.join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"])
-            outputs.append(checked.merge(found, ref))
-            if not batches.full:  # rows flagged before their encounter arrived are judged again
-                outputs[-1] = checked.recheck(ref, encounters, arrived)
-        outputs += checked.finish()
-        state = spark.createDataFrame([(b, settings.config_hash, run_id) for b in batches.ids],
-                                      "batch_id STRING, config_hash STRING, run_id STRING")
-        outputs.append(io.append(spark, state.withColumn("refined_at", F.current_timestamp()), REFINE_STATE, root))
-    finally:
-        spark.conf.unset(COMMIT_METADATA)
-        patients.unpersist()
-        checked.release()
+    with commit_note(spark, run_id, f"refine; vocab {vocab.version(settings.vocab_dir)}; "
+                                    f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches"):
+        try:
+            links = io.read_or_empty(spark, PERSON_LINK, root)
+            identities = vault.encrypted(identity_rows(patients, key, settings), vault.key_frame(spark, vault_key))
+            outputs = [checked.merge(standardize_persons(patients, sex, links, key, settings), PERSON),
+                       io.merge(spark, identities, IDENTITY, root, update_when=update_when)]
+            people = io.read(spark, PERSON, root)
+            tables = event_tables(spark, settings, bronze, people, key)
+            outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up
+            encounters = io.read(spark, ENCOUNTER, root).select("encounter_key", F.lit(True).alias("encounter_found"))
+            arrived = tables[0][0].select("encounter_key")
+            for df, ref in tables[1:]:
+                found = df.join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"])
+                outputs.append(checked.merge(found, ref))
+                if not batches.full:  # rows flagged before their encounter arrived are judged again
+                    outputs[-1] = checked.recheck(ref, encounters, arrived)
+            outputs += checked.finish()
+            state = spark.createDataFrame([(b, settings.config_hash, run_id) for b in batches.ids],
+                                          "batch_id STRING, config_hash STRING, run_id STRING")
+            outputs.append(io.append(spark, state.withColumn("refined_at", F.current_timestamp()), REFINE_STATE, root))
+        finally:
+            patients.unpersist()
+            checked.release()
     return outputs
 
 

@@ -67,7 +67,11 @@ def latest_results(spark: SparkSession, root: str) -> DataFrame | None:
     no refine has recorded a result yet."""
     if not io.exists(spark, DQ_RESULT, root):
         return None
-    results = io.read(spark, DQ_RESULT, root)
+    return latest_of(io.read(spark, DQ_RESULT, root))
+
+
+def latest_of(results: DataFrame) -> DataFrame | None:
+    """The rows of ops.dq_result's latest refine run; None when there is none."""
     order = recent_runs(results)
     return results.where(F.col("run_id") == order[-1]) if order else None
 
