@@ -115,15 +115,22 @@ def _person_ids(spark: SparkSession, settings: Settings, records: list[str]) -> 
 
 
 def _unlink(spark: SparkSession, settings: Settings, ref: TableRef, references: dict[str, list[str]]) -> bool:
-    """Null the columns that name the erased person's records or ids in other persons' rows (a handful of
-    values, so a literal list); whether any row changed."""
-    table = io.read(spark, ref, settings.root)
-    pointing = [column for column, values in references.items()
-                if values and not table.where(F.col(column).isin(values)).isEmpty()]
-    for column in pointing:
-        DeltaTable.forPath(spark, ref.path(settings.root)).update(
-            F.col(column).isin(references[column]), {column: F.lit(None).cast("string")})
-    return bool(pointing)
+    """Null the columns that name the erased person's records or ids in other persons' rows; whether any row
+    changed. A `MERGE ... UPDATE` from a DataFrame of the values, as the deletes are: an UPDATE's predicate would
+    keep them as literals in the Delta log."""
+    changed = False
+    for column, values in references.items():
+        if not values:
+            continue
+        named = spark.createDataFrame([(v,) for v in values], "value STRING")
+        table = io.read(spark, ref, settings.root)
+        if table.join(named, table[column] == named["value"], "left_semi").isEmpty():
+            continue
+        (DeltaTable.forPath(spark, ref.path(settings.root)).alias("t")
+         .merge(F.broadcast(named.alias("s")), f"t.{column} = s.value")
+         .whenMatchedUpdate(set={column: "CAST(NULL AS STRING)"}).execute())
+        changed = True
+    return changed
 
 
 def _erase_from(spark: SparkSession, settings: Settings, ref: TableRef, key: bytes, person: DataFrame,

@@ -118,6 +118,18 @@ def test_earlier_versions_still_hold_the_person_until_vacuumed(erased, spark):
     assert len(DeltaTable.forPath(spark, PERSON.path(local.root)).history().collect()) > old  # the history stays
 
 
+def test_no_commit_of_the_erasure_names_them(erased):
+    local, person, keys, mrns, _, _, _, result, _ = erased
+    infos = [json.loads(line)["commitInfo"] for log in Path(local.root).glob("*/*/_delta_log/*.json")
+             if log.parent.parent.name != JOB_RUN.name  # the run's own row
+             for line in log.read_text().splitlines() if '"commitInfo"' in line]
+    mine = [info for info in infos if result.run_id in (info.get("userMetadata") or "")]
+    # its deletes, and the nulling of the pointers in the person index
+    assert {info["operation"] for info in mine} == {"MERGE"} and len(mine) >= len(result.deleted) + 2
+    said = json.dumps([info.get("operationParameters") for info in mine])
+    assert [v for v in (person, *keys, *(mrn for _, mrn in mrns)) if v in said] == []
+
+
 def test_the_audit_log_keeps_that_and_why_not_whose(erased, spark):
     local, person, keys, _, _, _, _, result, _ = erased
     rows = delta_query("SELECT * FROM log WHERE action = 'erase'", log=RsTable(AUDIT_LOG.path(local.root))).to_pylist()
