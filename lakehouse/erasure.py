@@ -107,7 +107,7 @@ def _records(spark: SparkSession, settings: Settings, person: DataFrame) -> list
 
 
 def _person_ids(spark: SparkSession, settings: Settings, records: list[str]) -> list[str]:
-    """The person index's ids their records held (one, or a few across link runs)."""
+    """The person index's ids their records hold now (person_link is rewritten by every link run)."""
     if not io.exists(spark, PERSON_LINK, settings.root):
         return []
     return sorted({r.person_id for r in io.read(spark, PERSON_LINK, settings.root)

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import access, io
-from lakehouse.catalog import DQ_RESULT, LAB_RESULT, PATIENT_SUMMARY, QUARANTINE, TIMELINE
+from lakehouse.catalog import DQ_RESULT, ENCOUNTER, LAB_RESULT, PATIENT_SUMMARY, PERSON, QUARANTINE, TIMELINE
 from lakehouse.config import Settings, load_settings
 from lakehouse.gold.timeline import ADMISSION, DISCHARGE, LOINC_PREFIX, VISIT_PREFIX, events_in_order
 
@@ -201,11 +201,11 @@ def cohort_from_yaml(lh: Lakehouse, text: str, as_of=None) -> tuple[DataFrame, p
     on the executors) and its attrition table. Evaluated as `build` evaluates conf/cohorts files (the same
     validation, as-of day and inputs); save it there to have `build` keep it."""
     from lakehouse.config import parse_cohort
-    from lakehouse.gold.build import INPUTS, evaluate_cohort
+    from lakehouse.gold.build import evaluate_cohort
 
     spec = parse_cohort(text, "notebook cohort")
     cohort = evaluate_cohort(lh.settings, spec, lh.table(TIMELINE.qualified),
-                             {ref.name: lh.table(ref.qualified) for ref in INPUTS}, as_of)
+                             {ref.name: lh.table(ref.qualified) for ref in (ENCOUNTER, PERSON)}, as_of)
     members = cohort.members.localCheckpoint()  # read again by every summary of the draft
     steps = cohort.attrition(lh.spark).select("step", "criterion", "kind", "persons", "index_events")
     return members, steps.toPandas()

@@ -152,12 +152,12 @@ def run_train(spark: SparkSession, settings: Settings, task: str | None = None,
         source = train_inputs(spark, settings, spec)
         with JobRun(spark, settings, f"train:{spec.name}") as run:
             run.read(source)
+            if run.recovered:  # before the skip rule: a killed forced retrain leaves nothing RUNNING either
+                run.note(f"{mark_killed(settings, run.recovered)} MLflow runs of killed run {run.recovered} "
+                         "marked KILLED")
             if not force and run.up_to_date() and current(settings, spec) is not None:
                 run.skip()
                 continue
-            if run.recovered:
-                run.note(f"{mark_killed(settings, run.recovered)} MLflow runs of killed run {run.recovered} "
-                         "marked KILLED")
             result = train(spark, settings, spec, source, run.run_id)
             run.note(f"mlflow run {result.run_id}; {result.model_name} v{result.version}; "
                      f"{PRIMARY_METRIC}={result.metrics[PRIMARY_METRIC]:.3f}; {result.decision}")

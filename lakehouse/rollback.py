@@ -1,6 +1,7 @@
 """`lakehouse rollback --run RUN_ID`: every table a run wrote goes back to its version before that run.
 
-Each job run tags its Delta commits with `lakehouse-run:<run_id>` (the commit's userMetadata, set by `JobRun`),
+Each job run tags its Delta commits with `lakehouse-run:<run_id>` (the commit's userMetadata, set by `JobRun`;
+refine and link add `; <what it was>`),
 so a run's commits are found in each table's history by the tag, not by clocks, and a failed or killed run's
 commits are found too. A table is restored (Delta RESTORE, one commit) to the version before the run's first
 commit to it; a table the run created is emptied (a DELETE: it keeps its schema and history). When another run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -22,8 +23,8 @@ from lakehouse.io import Written
 from lakehouse.services.audit import AuditLog
 
 SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
-# every Delta commit a run makes carries `lakehouse-run:<run_id>` as its userMetadata (`lakehouse rollback` finds a
-# run's commits by it)
+# every Delta commit a run makes carries `lakehouse-run:<run_id>` as its userMetadata, maybe followed by `; <what it
+# was>` (commit_note); `lakehouse rollback` finds a run's commits by it (run_of)
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 RUN_TAG = "lakehouse-run:"
 ERASE_JOB = "erase"  # its runs can never be rolled back: an erased person never comes back
@@ -33,10 +34,14 @@ UNDID = "undid runs"  # a rollback's note: `undid runs <id>,<id>`; those runs no
 
 
 def run_of(user_metadata: str | None) -> str | None:
-    """The run a commit's userMetadata names (`lakehouse-run:<run_id>`, maybe followed by `; <what it was>`)."""
-    if not user_metadata or not user_metadata.startswith(RUN_TAG):
+    """The run a commit's userMetadata names: `lakehouse-run:<run_id>`, maybe followed by `; <what it was>`, or
+    (refine and link commits made before they kept the tag) `refine <run_id>; ...` and `link <run_id>`."""
+    if not user_metadata:
         return None
-    return user_metadata.removeprefix(RUN_TAG).split(";")[0].strip()
+    if user_metadata.startswith(RUN_TAG):
+        return user_metadata.removeprefix(RUN_TAG).split(";")[0].strip() or None
+    older = re.match(r"(?:refine|link) ([\w-]+)", user_metadata)
+    return older.group(1) if older else None
 
 
 @contextmanager

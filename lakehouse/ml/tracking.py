@@ -9,14 +9,11 @@ import mlflow
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 
-ENV = "MLFLOW_TRACKING_URI"
-# the stores configure() pointed MLflow at from a root or the config: MLflow exports each as $MLFLOW_TRACKING_URI
-# (for subprocesses), where it must not be taken for the user's own choice when another root is configured
-_exported: set[str] = set()
+ENV, REGISTRY_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"
 
 
 def tracking_uri(settings: Settings) -> str:
-    if os.environ.get(ENV) and os.environ[ENV] not in _exported:
+    if os.environ.get(ENV):
         return os.environ[ENV]
     if settings.main.mlflow.tracking_uri:
         return settings.main.mlflow.tracking_uri
@@ -35,10 +32,14 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
-    if os.environ.get(ENV) != uri:
-        _exported.add(uri)
+    exported = {name: os.environ.get(name) for name in (ENV, REGISTRY_ENV)}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for name, value in exported.items():  # MLflow exports the URIs for subprocesses: a process that configures
+        if value is None:                  # another root after this one (or a child with its own root) would
+            os.environ.pop(name, None)     # take them for the user's choice
+        else:
+            os.environ[name] = value
     name = settings.main.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
