@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,24 @@ def test_help_explains_every_subcommand():
         assert command in done.stdout
     sub = subprocess.run([sys.executable, "-m", "lakehouse.cli", "ingest", "--help"], capture_output=True, text=True)
     assert "--conf-dir" in sub.stdout and "--root" in sub.stdout and "--landing" in sub.stdout
+
+
+def test_configuring_a_second_root_points_mlflow_at_its_store_and_exports_neither(monkeypatch, tmp_path, settings):
+    import mlflow
+
+    from lakehouse.ml.tracking import configure, tracking_uri
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    first, second = (load_settings(CONF, "local", str(tmp_path / name)) for name in ("first", "second"))
+    try:
+        configure(first)
+        configure(second)  # MLflow itself exports each URI it is given, for subprocesses: that must not stick
+        assert mlflow.get_tracking_uri() == tracking_uri(second) == f"sqlite:///{tmp_path / 'second'}/mlflow/mlflow.db"
+        assert mlflow.get_registry_uri() == tracking_uri(second)
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    finally:
+        configure(settings)  # the suite's store again
 
 
 def test_mlflow_defaults_to_sqlite_under_the_root_and_the_environment_wins(monkeypatch, tmp_path):
