@@ -45,11 +45,11 @@ def run_of(user_metadata: str | None) -> str | None:
 
 
 @contextmanager
-def commit_note(spark: SparkSession, run_id: str, detail: str) -> Iterator[None]:
-    """Commits made inside say, after their run's tag, what they were (`; refine; vocab 2026.1`): the tables'
-    history reads better, and `lakehouse rollback` still finds them by their run."""
+def commit_note(spark: SparkSession, run_id: str, detail: str | None = None) -> Iterator[None]:
+    """Commits made inside carry their run's tag (JobRun's whole run), maybe followed by what they were
+    (`; refine; vocab 2026.1`: the tables' history reads better); the outer tag comes back after."""
     outer = spark.conf.get(USER_METADATA, None)
-    spark.conf.set(USER_METADATA, f"{RUN_TAG}{run_id}; {detail}")
+    spark.conf.set(USER_METADATA, f"{RUN_TAG}{run_id}" + (f"; {detail}" if detail else ""))
     try:
         yield
     finally:
@@ -91,7 +91,7 @@ class JobRun:
     skipped: bool = False
     principal: access.Principal | None = None
     recovered: str | None = None  # the killed run of this job whose commits this run undid before its own work
-    _outer_tag: str | None = None
+    _tagged: object = None
     _lock: object = None
 
     def read(self, written: Written) -> None:
@@ -142,8 +142,8 @@ class JobRun:
         if held.dead:
             self._recover(held)
         progress.job_started(self.job)
-        self._outer_tag = self.spark.conf.get(USER_METADATA, None)
-        self.spark.conf.set(USER_METADATA, f"{RUN_TAG}{self.run_id}")
+        self._tagged = commit_note(self.spark, self.run_id)
+        self._tagged.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -161,10 +161,7 @@ class JobRun:
         except Exception as log_err:  # never hide the job's own error behind a logging error
             print(f"warning: could not write ops.job_run: {log_err}", file=sys.stderr)
         try:
-            if self._outer_tag is None:
-                self.spark.conf.unset(USER_METADATA)
-            else:
-                self.spark.conf.set(USER_METADATA, self._outer_tag)
+            self._tagged.__exit__(None, None, None)
             self._audit(status, message, 0 if exc is None else 1)
         finally:  # the run is logged: its lock no longer names it, whatever happens here
             self._lock.__exit__(None, None, None)

@@ -65,8 +65,13 @@ def _written(spark, before: Path | None, after: Path) -> list[TableRef]:
             and version(ref, after) != version(ref, before)]
 
 
+def _client(settings) -> MlflowClient:
+    """The root's own tracking store and registry (not the ones MLflow last pointed this process at)."""
+    return MlflowClient(tracking.tracking_uri(settings), tracking.tracking_uri(settings))
+
+
 def _champions(settings) -> dict[str, dict[str, float]]:
-    client = MlflowClient(tracking.tracking_uri(settings), tracking.tracking_uri(settings))
+    client = _client(settings)
     return {task.model_name: client.get_run(client.get_model_version_by_alias(task.model_name, "champion").run_id)
             .data.metrics for task in settings.tasks.values()}
 
@@ -134,8 +139,7 @@ def test_a_killed_job_reruns_to_the_uninterrupted_result(spark, settings, landin
     commits = _kill(job, root, landing, mode, seed, tmp_path / "commits.txt")
     first = commits[0].split()[1]  # a partial commit really exists
     if first.startswith("registry:"):
-        assert MlflowClient(tracking.tracking_uri(local), tracking.tracking_uri(local)).search_model_versions(
-            f"name = '{first.removeprefix('registry:')}'")
+        assert _client(local).search_model_versions(f"name = '{first.removeprefix('registry:')}'")
     else:
         assert io.latest_version(spark, TableRef(*first.split("."), ""), str(root)) is not None
     finished = io.read(spark, JOB_RUN, str(root)).count() - logged if io.exists(spark, JOB_RUN, str(root)) else 0
@@ -158,7 +162,7 @@ def test_a_killed_job_reruns_to_the_uninterrupted_result(spark, settings, landin
         assert champions.keys() == reference.keys()
         for model, metrics in reference.items():  # training is deterministic; a subgroup without cases has NaN
             assert champions[model] == pytest.approx(metrics, nan_ok=True), model
-        client = MlflowClient(tracking.tracking_uri(local))
+        client = _client(local)
         experiments = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
     assert all(not lock.read_text() for lock in Path(root, "_locks").glob("*.lock"))  # released, naming no run

@@ -32,12 +32,14 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+    # MLflow also exports both URIs for subprocesses; put the variables back, or a later root in this process (or
+    # a child with its own root) would take this one for the user's choice
     exported = {name: os.environ.get(name) for name in (ENV, REGISTRY_ENV)}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    for name, value in exported.items():  # MLflow exports the URIs for subprocesses: a process that configures
-        if value is None:                  # another root after this one (or a child with its own root) would
-            os.environ.pop(name, None)     # take them for the user's choice
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
             os.environ[name] = value
     name = settings.main.mlflow.experiment

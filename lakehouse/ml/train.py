@@ -226,6 +226,9 @@ def train_inputs(spark: SparkSession, settings: Settings, task: TaskSpec) -> Wri
     return io.describe(spark, features_table(task.name, task.features), settings.root)
 
 
+JOB_RUN_TAG = "lakehouse_run"  # the `ops.job_run` run that trained an MLflow run (its nested runs too)
+
+
 def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path,
                    job_run: str | None = None) -> ModelReport:
     """External validation of one model over the folds, in its own nested MLflow run."""
@@ -250,9 +253,6 @@ def validate_model(spec: ModelSpec, folds: list[Fold], task: TaskSpec, out: Path
             mlflow.log_artifact(str(png))
         report = ModelReport(spec, metrics, run.info.run_id)
     return report
-
-
-JOB_RUN_TAG = "lakehouse_run"  # the `ops.job_run` run that trained an MLflow run (its nested runs too)
 
 
 def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Written,
@@ -309,10 +309,9 @@ def train(spark: SparkSession, settings: Settings, task: TaskSpec, source: Writt
 def mark_killed(settings: Settings, job_run: str) -> int:
     """End the MLflow runs a killed `train` run left RUNNING as KILLED (its model versions stay: one is only
     registered once its model is fully logged); how many were."""
-    tracking.configure(settings)
+    experiment = tracking.configure(settings)
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.{JOB_RUN_TAG} = '{job_run}' AND attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment], f"tags.{JOB_RUN_TAG} = '{job_run}' AND attributes.status = 'RUNNING'")
     for run in runs:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
