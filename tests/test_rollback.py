@@ -15,7 +15,7 @@ from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import load_settings
 from lakehouse.errors import UsageError
 from lakehouse.rollback import RollbackRefused, rollback
-from lakehouse.runlog import RUN_TAG, USER_METADATA, JobRun
+from lakehouse.runlog import JobRun, commit_note
 
 PROBE = TableRef("gold", "probe", "id INT, v STRING")
 FRESH = TableRef("gold", "fresh", "id INT, v STRING")
@@ -105,9 +105,8 @@ def test_rollback_empties_a_table_the_run_created_and_names_an_unknown_run(spark
 def _killed(spark, settings, job: str, run_id: str, table):
     """A run of `job` killed after its first commit: the commit carries its tag, the job's lock file still names
     it (as `kill -9` leaves them); the lock file."""
-    spark.conf.set(USER_METADATA, f"{RUN_TAG}{run_id}")
-    io.append(spark, _rows(spark, (1, "half-written")), table, settings.root)
-    spark.conf.unset(USER_METADATA)
+    with commit_note(spark, run_id):
+        io.append(spark, _rows(spark, (1, "half-written")), table, settings.root)
     lock = locks.lock_path(settings.root, job)
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(f"run {run_id}: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
