@@ -11,6 +11,7 @@ import base64
 import csv
 import datetime as dt
 import fnmatch
+import functools
 import gzip
 import hashlib
 import io
@@ -51,6 +52,7 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@functools.cache  # a file holds many planted defects: read and decompress it once
 def _raw_lines(path: Path) -> list[bytes]:
     data = path.read_bytes()
     if path.suffix == ".gz":
@@ -60,6 +62,7 @@ def _raw_lines(path: Path) -> list[bytes]:
     return data.split(b"\n")[:-1]
 
 
+@functools.cache
 def _contract(hospital: str, entity: str) -> dict:
     return yaml.safe_load((CONF / "sources" / f"{hospital.lower()}.yaml").read_text("utf-8"))["entities"][entity]
 
