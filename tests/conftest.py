@@ -38,6 +38,21 @@ def _test_conf() -> Path:
 
 
 CONF = _test_conf()
+
+
+def one_task_conf(project: Path, task: str) -> Path:
+    """project/conf: the test configuration with one task and its first learner (training is the pipeline's costliest
+    stage; a test that needs a model, not a comparison of learners, needs no more), beside a link to the jar cache."""
+    conf = project / "conf"
+    shutil.copytree(CONF, conf)
+    (project / ".cache").symlink_to((CONF.parent / ".cache").resolve())
+    for file in (conf / "tasks").glob("*.yaml"):
+        if file.stem != task:
+            file.unlink()
+    spec = yaml.safe_load((conf / "tasks" / f"{task}.yaml").read_text(encoding="utf-8"))
+    spec["models"] = spec["models"][:1]
+    (conf / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return conf
 TEST_KEYS = {"LAKEHOUSE_PSEUDONYM_KEY": "11" * 32, "LAKEHOUSE_VAULT_KEY": "22" * 32}
 TINY_REGION = {"hospitals": 5, "patients": 800, "days": 2, "seed": 7}  # every dialect
 SPARK_TEST_CONF = {

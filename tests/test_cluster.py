@@ -11,7 +11,6 @@ counts their tasks: both workers must have run tasks.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONF
+from conftest import CONF, one_task_conf
 
 from lakehouse.cluster import Cluster, tasks_per_worker
 from lakehouse.config import load_settings
@@ -63,15 +62,7 @@ def _lakehouse(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def smoke_conf(tmp_path_factory):
     """The test configuration with one task and one learner, and an environment `smoke`: the cluster on ports
     nothing else here uses, spark.master pointing at it."""
-    conf = tmp_path_factory.mktemp("smoke-project") / "conf"
-    shutil.copytree(CONF, conf)
-    (conf.parent / ".cache").symlink_to((CONF.parent / ".cache").resolve())
-    for task in (conf / "tasks").glob("*.yaml"):
-        if task.stem != SMOKE_TASK:
-            task.unlink()
-    spec = yaml.safe_load((conf / "tasks" / f"{SMOKE_TASK}.yaml").read_text())
-    spec["models"] = spec["models"][:1]
-    (conf / "tasks" / f"{SMOKE_TASK}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    conf = one_task_conf(tmp_path_factory.mktemp("smoke-project"), SMOKE_TASK)
     taken: set[int] = set()
     port, webui, workers = _free_port(taken), _free_port(taken), _free_port(taken, 2)
     # a tiny region is hundreds of tiny Spark jobs, each waiting more than computing: two partitions and no

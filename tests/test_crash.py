@@ -22,9 +22,8 @@ from functools import reduce
 from pathlib import Path
 
 import pytest
-import yaml
 from chispa import assert_df_equality
-from conftest import CONF
+from conftest import one_task_conf
 from mlflow import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -78,7 +77,8 @@ def _fingerprints(spark, refs: list[TableRef], root: str) -> dict[str, tuple]:
                              F.sum(F.hash(row).cast("decimal(38,0)")).alias("murmur3"))
                       .withColumn("types", F.lit(str(sorted((f.name, f.dataType.simpleString())
                                                             for f in df.schema.fields)))))
-    return {r.table: (r.types, r.rows, r.xxhash64, r.murmur3) for r in reduce(DataFrame.unionByName, frames).collect()}
+    return {r.table: (r.types, r.rows, r.xxhash64, r.murmur3)
+            for r in (reduce(DataFrame.unionByName, frames).collect() if frames else [])}
 
 
 def _written(spark, before: Path | None, after: Path) -> list[TableRef]:
@@ -94,16 +94,7 @@ def _written(spark, before: Path | None, after: Path) -> list[TableRef]:
 @pytest.fixture(scope="module")
 def chain_settings(settings, tmp_path_factory):
     """The test settings with one task and one learner (the roots are each trial's own)."""
-    conf = tmp_path_factory.mktemp("crash-project") / "conf"
-    shutil.copytree(CONF, conf)
-    (conf.parent / ".cache").symlink_to((CONF.parent / ".cache").resolve())
-    for task in (conf / "tasks").glob("*.yaml"):
-        if task.stem != TASK:
-            task.unlink()
-    spec = yaml.safe_load((conf / "tasks" / f"{TASK}.yaml").read_text())
-    spec["models"] = spec["models"][:1]
-    (conf / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_settings(conf, "local", settings.root)
+    return load_settings(one_task_conf(tmp_path_factory.mktemp("crash-project"), TASK), "local", settings.root)
 
 
 def _client(settings) -> MlflowClient:
