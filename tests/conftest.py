@@ -23,12 +23,17 @@ PROJECT_CONF = PROJECT / "conf"
 TEST_LEARNERS = {"logistic_regression": {"max_iter": 30}, "gbt": {"max_iter": 8, "max_depth": 3}}
 
 
-def _test_conf() -> Path:
-    """A copy of conf/ with TEST_LEARNERS, beside a link to the project's jar cache (paths resolve from it)."""
-    project = Path(tempfile.mkdtemp(prefix="lakehouse-test-project-"))
+def _copy_conf(source: Path, project: Path) -> Path:
+    """project/conf: a copy of `source`, beside a link to the project's jar cache (paths resolve from it)."""
     conf = project / "conf"
-    shutil.copytree(PROJECT_CONF, conf)
+    shutil.copytree(source, conf)
     (project / ".cache").symlink_to(PROJECT / ".cache")
+    return conf
+
+
+def _test_conf() -> Path:
+    """A copy of conf/ with TEST_LEARNERS."""
+    conf = _copy_conf(PROJECT_CONF, Path(tempfile.mkdtemp(prefix="lakehouse-test-project-")))
     for file in (conf / "tasks").glob("*.yaml"):
         task = yaml.safe_load(file.read_text(encoding="utf-8"))
         for model in task["models"]:
@@ -38,21 +43,6 @@ def _test_conf() -> Path:
 
 
 CONF = _test_conf()
-
-
-def one_task_conf(project: Path, task: str) -> Path:
-    """project/conf: the test configuration with one task and its first learner (training is the pipeline's costliest
-    stage; a test that needs a model, not a comparison of learners, needs no more), beside a link to the jar cache."""
-    conf = project / "conf"
-    shutil.copytree(CONF, conf)
-    (project / ".cache").symlink_to((CONF.parent / ".cache").resolve())
-    for file in (conf / "tasks").glob("*.yaml"):
-        if file.stem != task:
-            file.unlink()
-    spec = yaml.safe_load((conf / "tasks" / f"{task}.yaml").read_text(encoding="utf-8"))
-    spec["models"] = spec["models"][:1]
-    (conf / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return conf
 TEST_KEYS = {"LAKEHOUSE_PSEUDONYM_KEY": "11" * 32, "LAKEHOUSE_VAULT_KEY": "22" * 32}
 TINY_REGION = {"hospitals": 5, "patients": 800, "days": 2, "seed": 7}  # every dialect
 SPARK_TEST_CONF = {
@@ -65,6 +55,20 @@ SPARK_TEST_CONF = {
     "spark.default.parallelism": "2",
     "spark.databricks.delta.snapshotPartitions": "2",
 }
+
+
+def one_task_conf(project: Path, task: str) -> Path:
+    """project/conf: the test configuration with one task and its first learner (training is the pipeline's costliest
+    stage; a test that needs a model, not a comparison of learners, needs no more), beside a link to the jar cache."""
+    conf = _copy_conf(CONF, project)
+    for file in (conf / "tasks").glob("*.yaml"):
+        if file.stem != task:
+            file.unlink()
+    spec = yaml.safe_load((conf / "tasks" / f"{task}.yaml").read_text(encoding="utf-8"))
+    spec["models"] = spec["models"][:1]
+    (conf / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return conf
+
 
 os.environ.update(TEST_KEYS)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
