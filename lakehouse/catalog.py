@@ -248,8 +248,9 @@ SILVER = {t.name: t for t in (PERSON, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESUL
 SILVER_COLUMN_DOCS = {
     "patient_key": "keyed hash of (hospital, MRN): one hospital's patient record",
     "person_key": "the region's person (silver.person_link): HMAC of the regional person id",
-    "birth_year": "year of birth, top-coded so that nobody appears older than 90 (no birth dates in silver)",
-    "age_band": "five-year age band as of the last refine; over 89 is 90+",
+    "birth_year": "year of birth, top-coded so that nobody appears older than 90 at the record's last update "
+                  "(updated_at; without one, at the refine) (no birth dates in silver)",
+    "age_band": "five-year age band at the record's last update (updated_at; none without one); over 89 is 90+",
     "encounter_key": "keyed hash of (hospital, source encounter id)",
     "hospital_id": "the hospital that sent the record",
     "source_id": "the record's id in its hospital's system (with hospital_id: the source record key)",

@@ -7,6 +7,7 @@ from conftest import CONF
 from pyspark.sql import functions as F
 
 from lakehouse.silver import vocab
+from lakehouse.silver.refine import deidentified_age
 from lakehouse.silver.standardize import (
     clean_text,
     is_cancelled,
@@ -79,3 +80,23 @@ def test_procedure_codes_cancellations_and_identifiers_in_text(spark):
     assert_column_equality(result, "got_code", "expected")
     assert_column_equality(result, "got_cancelled", "cancelled")
     assert_column_equality(result, "got_masked", "masked")
+
+
+def test_ages_are_told_as_of_the_records_last_update_not_the_day_of_the_refine(spark):
+    rows = [
+        # birth,     updated,      birth year, age band
+        ("1936-12-01", "2026-11-30", 1936, "85-89"),  # 90 the day after: a refine at midnight changes nothing
+        ("1936-12-01", "2026-12-01", 1936, "90+"),
+        ("1930-05-05", "2026-01-01", 1936, "90+"),  # top-coded
+        ("1930-05-05", "2018-01-01", 1930, "85-89"),  # 87 when last updated
+        ("2000-03-01", "2025-02-28", 2000, "20-24"),
+        ("2000-03-01", "2025-03-01", 2000, "25-29"),
+        ("2030-01-01", "2025-01-01", 2030, None),  # born after the update: no age (DQ rules flag the birth)
+        ("1980-01-01", None, 1980, None),  # no update time: no age band
+        (None, "2025-01-01", None, None),
+    ]
+    df = (spark.createDataFrame(rows, "birth STRING, updated STRING, want_birth_year INT, want_age_band STRING")
+          .withColumns({"birth": F.to_timestamp("birth"), "updated": F.to_timestamp("updated")}))
+    got = df.select("*", *deidentified_age(F.col("birth"), F.col("updated")))  # birth_year, age_band
+    assert_column_equality(got, "birth_year", "want_birth_year")
+    assert_column_equality(got, "age_band", "want_age_band")

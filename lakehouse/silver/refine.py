@@ -153,14 +153,19 @@ def birth_date(settings: Settings) -> Column:
 TOP_AGE = 90  # ages over 89 are "90+" (HIPAA Safe Harbor): their birth year is top-coded too
 
 
-def deidentified_age(birth: Column) -> list[Column]:
-    """birth_year (top-coded: nobody looks older than 90) and a five-year age band as of today, "90+" above."""
-    age = F.floor(F.months_between(F.current_date(), birth) / 12)
+def deidentified_age(birth: Column, updated: Column) -> list[Column]:
+    """birth_year (top-coded: nobody looks older than 90) and a five-year age band ("90+" above 89), both as of
+    `updated`, the record's last update. Silver holds no birth date, so an age "as of today" could not be kept
+    current in rows an increment does not rewrite (they would keep the age of the day they were written, and an
+    increment would disagree with a full pass): an age as of the record's own update time depends on the
+    record alone. Without an update time there is no age band, and the birth year is top-coded as of today."""
+    at = F.to_date(updated)
+    age = F.floor(F.months_between(at, F.to_date(birth)) / 12)
     band = F.floor(age / 5) * 5
-    top_coded = F.greatest(F.year(birth), F.year(F.current_date()) - TOP_AGE)  # greatest skips a null birth
+    top_coded = F.greatest(F.year(birth), F.year(F.coalesce(at, F.current_date())) - TOP_AGE)  # skips a null birth
     return [F.when(birth.isNotNull(), top_coded).alias("birth_year"),
             F.when(age >= TOP_AGE, F.lit(f"{TOP_AGE}+"))
-            .when(age.isNotNull(), F.concat(band.cast("int"), F.lit("-"), (band + 4).cast("int"))).alias("age_band")]
+            .when(age >= 0, F.concat(band.cast("int"), F.lit("-"), (band + 4).cast("int"))).alias("age_band")]
 
 
 def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFrame, key: bytes,
@@ -180,7 +185,7 @@ def standardize_persons(latest: DataFrame, sex_vocab: DataFrame, links: DataFram
                     F.coalesce(F.col("_linked"), unlinked_person_key(key, own_key)).alias("person_key"),
                     F.col("_hospital_id").alias("hospital_id"),
                     F.coalesce(F.col("sex_vocab.sex"), F.lit("unknown")).alias("sex"),
-                    *deidentified_age(birth),
+                    *deidentified_age(birth, F.col("_updated")),
                     valid_id.alias("has_national_id"),
                     F.col("_updated").alias("updated_at"),
                     *_lineage(),
