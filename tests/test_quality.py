@@ -58,3 +58,23 @@ def test_a_fail_rule_stops_the_run_and_a_bad_expression_is_a_config_error(spark,
     assert caught.value.file.endswith("dq/lab_result.yaml")
     assert caught.value.key == "rules.0.expression"
     assert "valu" in caught.value.message
+
+
+def test_table_checks_count_per_hospital_in_one_aggregation(spark):
+    checks = [DqCheck(name="unique", description="d", kind="uniqueness", columns=["lab_key", "encounter_key"],
+                      category="plausibility.uniqueness"),
+              DqCheck(name="complete", description="d", kind="completeness", columns=["value"],
+                      category="completeness"),
+              DqCheck(name="known", description="d", kind="referential", columns=["encounter_key"],
+                      references="silver.encounter.encounter_key", category="conformance")]
+    labs = spark.createDataFrame([
+        ("H01", "k1", "e1", 1.0), ("H01", "k1", "e1", 2.0),  # a repeated key
+        ("H01", "k2", None, None), ("H01", "k2", None, 3.0),  # repeated with a null: nulls are alike
+        ("H01", "k3", "e9", 4.0),  # an encounter silver lacks
+        ("H02", "k1", "e1", 5.0),  # another hospital's k1 is no repeat
+    ], "hospital_id STRING, lab_key STRING, encounter_key STRING, value DOUBLE")
+    encounters = spark.createDataFrame([("e1",), ("e1",), ("e2",)], "encounter_key STRING")
+    got = quality.check_counts(labs, checks, {"encounter": encounters}.__getitem__)
+    expected = spark.createDataFrame([("H01", 5, 2, 1, 3), ("H02", 1, 0, 0, 0)],
+                                     "hospital_id STRING, _checked LONG, _failed0 LONG, _failed1 LONG, _failed2 LONG")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)

@@ -11,6 +11,7 @@ status. Only those per-hospital counts reach the driver.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 
@@ -120,30 +121,39 @@ def row_results(evaluated: DataFrame, conf: DqTable | None, table: str, run_id: 
 
 def check_results(spark: SparkSession, settings: Settings, conf: DqTable | None, table: str,
                   run_id: str) -> list[tuple]:
-    """Table checks on the merged silver table, per hospital."""
-    results = []
-    for check in conf.checks if conf else []:
-        frame = io.read(spark, SILVER[table], settings.root)
-        counts = _check_counts(spark, settings, frame, check).collect()  # one row per hospital
-        results += [_result(run_id, table, check.name, check.kind, check.category, check.severity, "check",
-                            row.hospital_id, row.checked, row.failed, check.threshold) for row in counts]
-    return results
+    """Table checks on the merged silver table, per hospital: one aggregation (one Spark job) for all of a
+    table's checks, a referential check's lookup joined in first."""
+    checks = conf.checks if conf else []
+    if not checks:
+        return []
+    frame = io.read(spark, SILVER[table], settings.root)
+    counts = check_counts(frame, checks, lambda other: io.read_or_empty(spark, SILVER[other], settings.root))
+    return [_result(run_id, table, check.name, check.kind, check.category, check.severity, "check",
+                    row.hospital_id, row._checked, row[f"_failed{i}"], check.threshold)
+            for row in counts.collect() for i, check in enumerate(checks)]  # one row per hospital
 
 
-def _check_counts(spark: SparkSession, settings: Settings, frame: DataFrame, check: DqCheck) -> DataFrame:
+def check_counts(frame: DataFrame, checks: list[DqCheck], table: Callable[[str], DataFrame]) -> DataFrame:
+    """Per hospital: `_checked` rows and `_failed<i>` rows failing check i. `table(name)` is silver.<name>, where
+    a referential check looks its values up."""
+    for i, check in enumerate(checks):
+        if check.kind == "referential":
+            _, other, column = check.references.split(".")
+            (local,) = check.columns
+            known = table(other).select(F.col(column).alias(f"_ref{i}"), F.lit(True).alias(f"_found{i}")).distinct()
+            frame = frame.join(known, F.col(local) == F.col(f"_ref{i}"), "left")
+    return frame.groupBy("hospital_id").agg(F.count("*").alias("_checked"),
+                                            *[_failed(check, i).alias(f"_failed{i}") for i, check in enumerate(checks)])
+
+
+def _failed(check: DqCheck, i: int) -> Column:
+    """Per hospital, the rows that fail the check: a missing value, a row beyond the first of its values (the
+    table's rows less their distinct value combinations, nulls alike), a value the other table lacks."""
     if check.kind == "completeness":
-        missing = reduce(lambda a, b: a | b, [F.col(c).isNull() for c in check.columns])
-        return frame.groupBy("hospital_id").agg(F.count("*").alias("checked"), F.count(F.when(missing, 1)).alias(
-            "failed"))
+        return F.count(F.when(reduce(lambda a, b: a | b, [F.col(c).isNull() for c in check.columns]), 1))
     if check.kind == "uniqueness":
-        return (frame.groupBy("hospital_id", *check.columns).agg(F.count("*").alias("n"))
-                .groupBy("hospital_id").agg(F.sum("n").alias("checked"), F.sum(F.col("n") - 1).alias("failed")))
-    _, other, column = check.references.split(".")
-    (local,) = check.columns
-    known = io.read_or_empty(spark, SILVER[other], settings.root).select(F.col(column).alias("_ref")).distinct()
-    return (frame.join(known, F.col(local) == F.col("_ref"), "left")
-            .groupBy("hospital_id").agg(F.count("*").alias("checked"),
-                                        F.count(F.when(F.col("_ref").isNull(), 1)).alias("failed")))
+        return F.count("*") - F.count_distinct(F.struct(*check.columns))
+    return F.count(F.when(F.col(f"_found{i}").isNull(), 1))
 
 
 def _result(run_id: str, table: str, rule: str, kind: str, category: str, severity: str, action: str,

@@ -450,7 +450,7 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
             tables = event_tables(spark, settings, bronze, people, key)
             outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up
             encounters = io.read(spark, ENCOUNTER, root).select("encounter_key", F.lit(True).alias("encounter_found"))
-            arrived = tables[0][0].select("encounter_key")
+            arrived = checked.evaluated[ENCOUNTER.name].select("encounter_key")  # this run's, from the cache
             for df, ref in tables[1:]:
                 found = df.join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"])
                 outputs.append(checked.merge(found, ref))
@@ -474,13 +474,12 @@ class Checked:
         self.spark, self.settings, self.run_id, self.update_when = spark, settings, run_id, update_when
         self.results: list[tuple] = []
         self.quarantine: list[DataFrame] = []
-        self.cached: list[DataFrame] = []
+        self.evaluated: dict[str, DataFrame] = {}  # each merged table's new rows, evaluated (cached)
 
     def merge(self, df: DataFrame, ref: TableRef) -> Written:
         conf = self.settings.dq.get(ref.name)
         df = plausible_times(df, [f.name for f in df.schema if isinstance(f.dataType, T.TimestampType)])
-        evaluated = quality.evaluate(df, conf).persist()
-        self.cached.append(evaluated)
+        evaluated = self.evaluated[ref.name] = quality.evaluate(df, conf).persist()
         results = quality.row_results(evaluated, conf, ref.name, self.run_id)
         self.results += results
         try:
@@ -505,6 +504,8 @@ class Checked:
         flagged = (table.where(F.size("dq_flags") > 0).join(arrived.distinct(), "encounter_key", "left_semi")
                    .join(encounters, "encounter_key", "left").fillna(False, ["encounter_found"]))
         again = quality.evaluate(flagged, conf).select(*ref.keys, quality.flags(conf).alias("dq_flags"))
+        if again.isEmpty():  # as a rule nothing waited for this run's encounters: no MERGE, no empty commit
+            return io.describe(self.spark, ref, self.settings.root)
         return io.update_columns(self.spark, again, ref, self.settings.root, ("dq_flags",))
 
     def finish(self) -> list[Written]:
@@ -516,5 +517,5 @@ class Checked:
         return written + ([results] if results else [])
 
     def release(self) -> None:
-        for frame in self.cached:
+        for frame in self.evaluated.values():
             frame.unpersist()
