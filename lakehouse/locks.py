@@ -86,3 +86,27 @@ def exclusive(root: str, job: str, run_id: str = "") -> Iterator[Held]:
                 handle.write(f"run {held.dead}: killed part way, not undone yet\n")
                 handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def killed_runs(root: str, besides: str) -> dict[str, str]:
+    """{job: run} for each job but `besides` whose lock names a run killed part way: nobody holds the lock, yet
+    the file names a run (a running job's lock is held, and skipped). Reads lock files only."""
+    path = lock_path(root, besides)
+    if path is None or not path.parent.is_dir():
+        return {}
+    found = {}
+    for lock in sorted(path.parent.glob("*.lock")):
+        if lock == path:
+            continue
+        with open(lock, encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its job is running now
+            try:
+                dead = DEAD_RUN.match(handle.read())
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        if dead and dead.group(1) != "-":
+            found[lock.stem] = dead.group(1)
+    return found

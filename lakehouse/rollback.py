@@ -113,8 +113,7 @@ def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str
     """Undo a killed run's commits (its job's lock file still named it) before its job runs again; a note of
     what was restored, or None when it had committed nothing. Refused, naming them, when later runs of other
     jobs wrote the same tables since: restoring would undo them too, so that is the operator's call."""
-    if io.exists(spark, JOB_RUN, settings.root) and not undone_runs(io.read(spark, JOB_RUN, settings.root)).where(
-            F.col("run_id") == dead).isEmpty():
+    if _rolled_back(spark, settings, dead):
         return f"killed run {dead} was rolled back already"
     try:
         _, steps = plan(spark, settings, dead)
@@ -128,3 +127,19 @@ def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str
     rollback(spark, settings, dead)
     return f"recovered from killed run {dead}: restored " + ", ".join(
         f"{s.table} to version {s.target}" if s.target is not None else f"{s.table} (emptied)" for s in steps)
+
+
+def awaiting_undo(spark: SparkSession, settings: Settings, run_id: str) -> bool:
+    """Whether a killed run committed to a table and has not been rolled back: its job's next run will undo it."""
+    if _rolled_back(spark, settings, run_id):
+        return False
+    try:
+        plan(spark, settings, run_id)
+    except UsageError:
+        return False  # killed before its first commit
+    return True
+
+
+def _rolled_back(spark: SparkSession, settings: Settings, run_id: str) -> bool:
+    return io.exists(spark, JOB_RUN, settings.root) and not undone_runs(
+        io.read(spark, JOB_RUN, settings.root)).where(F.col("run_id") == run_id).isEmpty()

@@ -76,6 +76,17 @@ def git_revision(project_dir) -> str | None:
     return done.stdout.strip() or None
 
 
+class KilledRunWaiting(LakehouseError):
+    """Another job's killed run is not undone yet."""
+
+    exit_code = 75  # EX_TEMPFAIL, as a busy lock: run again once that job has run
+
+    @property
+    def advice(self) -> str:
+        return ("run that job again first (its next run undoes the killed run before its own work), or undo the "
+                "killed run with `lakehouse rollback --run RUN_ID`; then run this job. Nothing was read or written")
+
+
 @dataclass
 class JobRun:
     """Context manager around one job: collects its inputs/outputs and logs the run, even on failure."""
@@ -139,6 +150,13 @@ class JobRun:
         except LakehouseError as err:
             self._audit(FAILED, f"refused: {err}", 403)
             raise
+        try:
+            self._wait_for_killed_runs()
+        except LakehouseError as err:
+            self._audit(FAILED, f"refused: {err}", 1)
+            held.keep_dead = held.dead is not None  # its own lock goes back as it was: a killed run still named
+            self._lock.__exit__(None, None, None)
+            raise
         if held.dead:
             self._recover(held)
         progress.job_started(self.job)
@@ -168,6 +186,23 @@ class JobRun:
         seconds = (ended - self.started_at).total_seconds()
         progress.job_ended(self.job, status, seconds, self.outputs)
         print(self.summary(status, seconds, message))
+
+    def _wait_for_killed_runs(self) -> None:
+        """Refused while another job's killed run waits to be undone by that job's next run: that undo refuses to
+        restore a table a later run wrote (refine and link share silver; an erasure is never undone), so a run
+        now could leave it stuck. A rollback goes on: it is the operator's way out."""
+        if self.job == ROLLBACK_JOB:
+            return
+        killed = locks.killed_runs(self.settings.root, self.job)  # lock files only: nothing to do as a rule
+        if not killed:
+            return
+        from lakehouse.rollback import awaiting_undo
+
+        waiting = {job: run for job, run in killed.items() if awaiting_undo(self.spark, self.settings, run)}
+        if waiting:
+            raise KilledRunWaiting("; ".join(f"{job} run {run} was killed part way and is not undone yet"
+                                             for job, run in waiting.items())
+                                   + f": {self.job} would write after it, and the undo would then be refused")
 
     def _recover(self, held: locks.Held) -> None:
         """Undo what a killed run of this job committed (found by its tag, as `lakehouse rollback` does), so this

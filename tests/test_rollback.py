@@ -15,7 +15,7 @@ from lakehouse.catalog import JOB_RUN, TableRef
 from lakehouse.config import load_settings
 from lakehouse.errors import UsageError
 from lakehouse.rollback import RollbackRefused, rollback
-from lakehouse.runlog import JobRun, commit_note
+from lakehouse.runlog import JobRun, KilledRunWaiting, commit_note
 
 PROBE = TableRef("gold", "probe", "id INT, v STRING")
 FRESH = TableRef("gold", "fresh", "id INT, v STRING")
@@ -115,7 +115,9 @@ def _killed(spark, settings, job: str, run_id: str, table):
 
 def test_a_killed_run_is_undone_by_the_next_run_of_its_job_or_stays_named_until_it_can_be(spark, private):
     lock = _killed(spark, private, "probe", "deadbeef", PROBE)
-    later = _run(spark, private, "other", lambda: io.append(spark, _rows(spark, (2, "later")), PROBE, private.root))
+    later = "late0001"  # a run that wrote the table anyway (a job run would be refused while deadbeef waits)
+    with commit_note(spark, later):
+        io.append(spark, _rows(spark, (2, "later")), PROBE, private.root)
     with pytest.raises(RollbackRefused, match="probe run deadbeef was killed part way.*gold.probe: " + later), \
             JobRun(spark, private, "probe"):
         raise AssertionError("the job body must not run")
@@ -135,3 +137,26 @@ def test_the_next_run_of_a_killed_job_undoes_its_commits_first(spark, private):
     recovered = "recovered from killed run cafe0001: restored gold.fresh (emptied)"
     assert recovered in run.notes, run.notes
     assert lock.read_text() == ""
+
+
+def test_another_jobs_killed_run_holds_back_every_job_until_it_is_undone(spark, private):
+    """A killed refine waits for its next run to undo it; a link run in between would write the same silver
+    tables and leave that undo refused, so link (and every job but a rollback) is refused until then."""
+    refine_lock = _killed(spark, private, "refine", "feed0001", PROBE)
+    own_lock = _killed(spark, private, "probe", "feed0002", FRESH)
+    with pytest.raises(KilledRunWaiting, match="refine run feed0001 was killed part way and is not undone yet: "
+                                               "probe would write") as refused, JobRun(spark, private, "probe"):
+        raise AssertionError("the job body must not run")
+    assert refused.value.exit_code == 75
+    assert own_lock.read_text().startswith("run feed0002:")  # its own killed run is still named, not forgotten
+    assert refine_lock.read_text().startswith("run feed0001:")
+    assert io.read(spark, FRESH, private.root).count() == 1  # and nothing was undone yet
+
+    rollback(spark, private, "feed0001")  # a rollback is the way out: it is never held back
+    with JobRun(spark, private, "probe") as run:  # refine's killed run is undone: probe recovers its own and runs
+        assert io.read(spark, FRESH, private.root).count() == 0
+    assert any("recovered from killed run feed0002" in n for n in run.notes), run.notes
+    nothing = locks.lock_path(private.root, "link")
+    nothing.write_text("run feed0003: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")  # killed before any
+    with JobRun(spark, private, "other"):  # commit: nothing to undo, nobody held back
+        pass
