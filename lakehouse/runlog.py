@@ -190,10 +190,13 @@ class JobRun:
     def _wait_for_killed_runs(self) -> None:
         """Refused while another job's killed run waits to be undone by that job's next run: that undo refuses to
         restore a table a later run wrote (refine and link share silver; an erasure is never undone), so a run
-        now could leave it stuck. A rollback goes on: it is the operator's way out."""
+        now could leave it stuck. A rollback goes on: it is the operator's way out. So do the other tasks of a
+        per-task job (train:<task>, score:<task>, cohort:<name>): each task writes its own tables."""
         if self.job == ROLLBACK_JOB:
             return
-        killed = locks.killed_runs(self.settings.root, self.job)  # lock files only: nothing to do as a rule
+        family = self.job.split(":")[0]
+        killed = {job: run for job, run in locks.killed_runs(self.settings.root, self.job).items()  # lock files
+                  if job.split(":")[0] != family}  # only: nothing more to do as a rule
         if not killed:
             return
         from lakehouse.rollback import awaiting_undo

@@ -156,7 +156,10 @@ def test_another_jobs_killed_run_holds_back_every_job_until_it_is_undone(spark, 
     with JobRun(spark, private, "probe") as run:  # refine's killed run is undone: probe recovers its own and runs
         assert io.read(spark, FRESH, private.root).count() == 0
     assert any("recovered from killed run feed0002" in n for n in run.notes), run.notes
+    # neither a run killed before its first commit (nothing to undo) nor another task's killed run (each task
+    # writes its own tables) holds a task back
     nothing = locks.lock_path(private.root, "link")
-    nothing.write_text("run feed0003: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")  # killed before any
-    with JobRun(spark, private, "other"):  # commit: nothing to undo, nobody held back
+    nothing.write_text("run feed0003: pid 1 on elsewhere since 2026-11-30T00:00:00+00:00\n")
+    _killed(spark, private, "probe:b", "feed0004", FRESH)
+    with JobRun(spark, private, "probe:a"):
         pass
