@@ -168,7 +168,7 @@ def test_no_birth_dates_and_no_one_older_than_90_in_research_data(spark, region)
     assert not [c for c in persons.columns if "birth_date" in c or "date_of_birth" in c]
     bands = {r.age_band for r in persons.select("age_band").distinct().collect()}
     assert "90+" in bands and len(bands) > 5  # precondition: the region has people over 89
-    as_of = F.year(F.coalesce(F.col("updated_at"), F.current_date()))  # the record's last update (refine: ages)
+    as_of = F.year(F.coalesce(F.col("updated_at"), F.current_date()))  # ages are as of the record's last update
     assert persons.where(as_of - F.col("birth_year") > 90).count() == 0
 
 
