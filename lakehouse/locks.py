@@ -88,15 +88,17 @@ def exclusive(root: str, job: str, run_id: str = "") -> Iterator[Held]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def killed_runs(root: str, besides: str) -> dict[str, str]:
-    """{job: run} for each job but `besides` whose lock names a run killed part way: nobody holds the lock, yet
-    the file names a run (a running job's lock is held, and skipped). Reads lock files only."""
-    path = lock_path(root, besides)
+def killed_runs(root: str, job: str) -> dict[str, str]:
+    """{job: run} for each job outside `job`'s family whose lock names a run killed part way: nobody holds the
+    lock, yet the file names a run (a running job's lock is held, and skipped). A per-task job is one family
+    (train:<task>, score:<task>, cohort:<name>: each task writes its own tables). Reads lock files only."""
+    path = lock_path(root, job)
     if path is None or not path.parent.is_dir():
         return {}
+    family = job.split(":")[0]
     found = {}
     for lock in sorted(path.parent.glob("*.lock")):
-        if lock == path:
+        if lock.stem.split(":")[0] == family:
             continue
         with open(lock, encoding="utf-8") as handle:
             try:

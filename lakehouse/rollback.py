@@ -115,10 +115,9 @@ def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str
     jobs wrote the same tables since: restoring would undo them too, so that is the operator's call."""
     if _rolled_back(spark, settings, dead):
         return f"killed run {dead} was rolled back already"
-    try:
-        _, steps = plan(spark, settings, dead)
-    except UsageError:
-        return None  # killed before its first commit
+    steps = _steps(spark, settings, dead)
+    if not steps:
+        return None
     blocked = [s for s in steps if s.later_runs]
     if blocked:
         raise RollbackRefused(f"{job} run {dead} was killed part way, and since then other runs wrote its tables ("
@@ -131,13 +130,15 @@ def recover(spark: SparkSession, settings: Settings, job: str, dead: str) -> str
 
 def awaiting_undo(spark: SparkSession, settings: Settings, run_id: str) -> bool:
     """Whether a killed run committed to a table and has not been rolled back: its job's next run will undo it."""
-    if _rolled_back(spark, settings, run_id):
-        return False
+    return not _rolled_back(spark, settings, run_id) and bool(_steps(spark, settings, run_id))
+
+
+def _steps(spark: SparkSession, settings: Settings, run_id: str) -> list[Step]:
+    """What rolling the run back restores; none when it was killed before its first commit."""
     try:
-        plan(spark, settings, run_id)
+        return plan(spark, settings, run_id)[1]
     except UsageError:
-        return False  # killed before its first commit
-    return True
+        return []
 
 
 def _rolled_back(spark: SparkSession, settings: Settings, run_id: str) -> bool:

@@ -194,9 +194,7 @@ class JobRun:
         per-task job (train:<task>, score:<task>, cohort:<name>): each task writes its own tables."""
         if self.job == ROLLBACK_JOB:
             return
-        family = self.job.split(":")[0]
-        killed = {job: run for job, run in locks.killed_runs(self.settings.root, self.job).items()  # lock files
-                  if job.split(":")[0] != family}  # only: nothing more to do as a rule
+        killed = locks.killed_runs(self.settings.root, self.job)  # lock files only: nothing more as a rule
         if not killed:
             return
         from lakehouse.rollback import awaiting_undo
