@@ -108,12 +108,12 @@ def add_token(settings: Settings, name: str, role: str, hospital_id: str | None 
         token = pysecrets.token_urlsafe(32)
         data["tokens"][token_hash(token)] = {"name": name, "role": role,
                                              **({"hospital_id": hospital_id} if hospital_id else {})}
-        _write_private(file, "# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
+        write_private(file, "# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
                        + yaml.safe_dump(data, sort_keys=True))
     return token, file
 
 
-def _write_private(file: Path, text: str) -> None:
+def write_private(file: Path, text: str) -> None:
     """Replace the file in one step (a reader never sees half of it), readable by its owner only from the start."""
     partial = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
@@ -154,14 +154,18 @@ class TokenBook:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def get(self, token: str) -> Principal | None:
+    def holders(self) -> dict[str, Principal]:
+        """token hash -> holder, as the file says now."""
         stamp = self._mtime()
         if stamp != self._stamp:
             try:
                 self._tokens, self._stamp = load_tokens(self.settings), stamp
             except ConfigError as err:  # tried again at the next request
                 log.error("keeping the previous API tokens: %s", err)
-        return self._tokens.get(token_hash(token))
+        return self._tokens
+
+    def get(self, token: str) -> Principal | None:
+        return self.holders().get(token_hash(token))
 
 
 # --- reading tables through the policy (notebooks, exports, the MEDS export) -----------------------------------

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("init-secrets", "create the ignored secrets file with fresh keys (never overwrites)")
     serve_sql = add("serve-sql", "start the SQL endpoint detached: Spark's Thrift JDBC/ODBC server (BI tools) and a "
                     "Spark Connect server (remote notebooks) in one JVM, silver and gold registered as "
-                    "<layer>.<table>; PID and log under services.run_dir")
+                    "<layer>.<table>, for the roles that may read them whole (JDBC: a holder's name and "
+                    "`lakehouse api-token` token; Spark Connect: the endpoint's token); every login and statement "
+                    "audited; PID and log under services.run_dir")
     serve_api = add("serve-api", "start the REST read API over gold detached (FastAPI on deltalake; tokens from "
                     "`lakehouse api-token`); PID and log under services.run_dir")
     for command in (serve_sql, serve_api):
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sql.add_argument("--thrift-port", type=int, help="default: services.sql.thrift_port (10000)")
     serve_sql.add_argument("--connect-port", type=int, help="default: services.sql.connect_port (15002)")
     serve_api.add_argument("--port", type=int, help="default: services.api.port (8000)")
-    token = add("api-token", "issue a REST API token for a holder and role of conf/access.yaml; prints it once "
+    token = add("api-token", "issue a data-service token (REST API, SQL endpoint) for a holder and role of "
+                "conf/access.yaml; prints it once "
                 "(the tokens file keeps its SHA-256)")
     token.add_argument("--name", required=True, help="who holds it (recorded in ops.audit_log)")
     token.add_argument("--role", required=True, help="a role of conf/access.yaml")
@@ -444,7 +447,11 @@ def _serve_sql(args, settings: Settings) -> int:
     found = sql.start(settings, _server_argv(args, settings, "thrift-port", "connect-port"))
     print(f"SQL endpoint up, {len(found['tables'])} tables registered (silver and gold as <layer>.<table>):\n"
           f"  JDBC/ODBC (BI tools, beeline): {found['jdbc']}\n"
-          f"  Spark Connect (notebooks):     SparkSession.builder.remote(\"{found['connect']}\")\n"
+          f"      user: a token holder's name, password: their token (`lakehouse api-token`; roles that may read\n"
+          f"      every served table whole only, i.e. admin)\n"
+          f"  Spark Connect (notebooks):     SparkSession.builder.remote(\"{found['connect']}/;token=<token>\")\n"
+          f"      the token: {found['connect_token_file']} (readable by you only)\n"
+          f"  every login and statement goes to ops.audit_log\n"
           f"  log: {sql.daemon(settings).log_file}; stop: lakehouse serve-sql --stop")
     return 0
 

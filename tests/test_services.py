@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,7 +37,7 @@ from lakehouse.catalog import (
     predictions_table,
 )
 from lakehouse.services import api, sql, store
-from lakehouse.services.audit import entry_hash
+from lakehouse.services.audit import entry_hash, verify
 
 pytestmark = pytest.mark.e2e
 COHORT = "diabetes_inpatients"
@@ -60,46 +61,95 @@ def lakehouse(*argv: str, root: str) -> int:
 
 # --- SQL endpoint ------------------------------------------------------------------------------------
 
-def test_sql_endpoint_serves_silver_and_gold_to_jdbc_and_spark_connect(region, spark, settings, tmp_path):
+def _beeline(server, user: str, password: str | None, statements: str) -> subprocess.CompletedProcess:
+    beeline = Path(sys.modules["pyspark"].__file__).parent / "bin" / "beeline"
+    login = ["-n", user] + (["-p", password] if password is not None else [])
+    return subprocess.run([str(beeline), "-u", server.endpoints()["jdbc"], *login, "--silent=true",
+                           "--outputformat=csv2", "-e", statements], capture_output=True, text=True, timeout=120)
+
+
+def _connect(url: str) -> subprocess.CompletedProcess:
+    client = textwrap.dedent(f"""
+        import json
+        from pyspark.sql import SparkSession
+        spark = SparkSession.builder.remote("{url}").getOrCreate()
+        persons = spark.table("silver.person").count()
+        hospitals = [r.hospital_id for r in spark.sql(
+            "SELECT DISTINCT hospital_id FROM gold.patient_timeline WHERE hospital_id IS NOT NULL "
+            "ORDER BY 1").collect()]
+        print(json.dumps({{"persons": persons, "hospitals": hospitals}}))
+        spark.stop()
+    """)
+    return subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120)
+
+
+def test_sql_endpoint_serves_silver_and_gold_to_admins_by_token_and_audits_every_login_and_statement(
+        region, spark, settings, tmp_path, monkeypatch):
+    root = tmp_path / "root"  # a copy: the endpoint appends to the root's ops.audit_log
+    for layer in ("silver", "gold"):
+        shutil.copytree(Path(settings.root) / layer, root / layer)
+    monkeypatch.setenv("LAKEHOUSE_API_TOKENS_FILE", str(tmp_path / "tokens.yaml"))
+    rooted = settings.model_copy(update={"root": str(root)})
+    tokens = {role: access.add_token(rooted, f"t_{role}", role, hospital)[0] for role, hospital in ROLES.items()}
     thrift, connect = free_port(), free_port()
-    root = settings.root
-    assert lakehouse("serve-sql", "--thrift-port", str(thrift), "--connect-port", str(connect), root=root) == 0
-    server = sql.daemon(settings)
+    assert lakehouse("serve-sql", "--thrift-port", str(thrift), "--connect-port", str(connect), root=str(root)) == 0
+    server = sql.daemon(rooted)
     try:
         assert server.pid() and port_open(thrift) and port_open(connect)
-        assert lakehouse("serve-sql", root=root) == 2  # a second start is refused while one runs
+        assert lakehouse("serve-sql", root=str(root)) == 2  # a second start is refused while one runs
 
-        expected = spark.read.format("delta").load(TIMELINE.path(root)).count()
-        beeline = Path(sys.modules["pyspark"].__file__).parent / "bin" / "beeline"
-        out = subprocess.run(
-            [str(beeline), "-u", server.endpoints()["jdbc"], "-n", "bi_tool", "--silent=true",
-             "--outputformat=csv2", "-e", "SELECT count(*) AS n FROM gold.patient_timeline; SHOW DATABASES;"],
-            capture_output=True, text=True, timeout=120)
+        expected = spark.read.format("delta").load(TIMELINE.path(str(root))).count()
+        out = _beeline(server, "t_admin", tokens["admin"],
+                       "SELECT count(*) AS n FROM gold.patient_timeline; SHOW DATABASES;")
         lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         assert out.returncode == 0, out.stdout + out.stderr
         assert lines[lines.index("n") + 1] == str(expected)
         databases = set(lines[lines.index("namespace") + 1:])
         assert {"silver", "gold"} <= databases and not databases & {"bronze", "ops", "vault"}
+        # refused: a role the policy limits (hidden columns, one hospital, indicators only), a token under
+        # another holder's name, no token
+        for user, password in [("t_researcher", tokens["researcher"]), ("t_clinician", tokens["clinician"]),
+                               ("t_analyst", tokens["analyst"]), ("t_researcher", tokens["admin"]),
+                               ("t_admin", None)]:
+            out = _beeline(server, user, password, "SELECT 1 AS one;")
+            assert out.returncode != 0 and "Error validating the login" in out.stdout + out.stderr, (user, out)
 
-        client = textwrap.dedent(f"""
-            import json
-            from pyspark.sql import SparkSession
-            spark = SparkSession.builder.remote("{server.endpoints()['connect']}").getOrCreate()
-            persons = spark.table("silver.person").count()
-            hospitals = [r.hospital_id for r in spark.sql(
-                "SELECT DISTINCT hospital_id FROM gold.patient_timeline WHERE hospital_id IS NOT NULL "
-                "ORDER BY 1").collect()]
-            print(json.dumps({{"persons": persons, "hospitals": hospitals}}))
-            spark.stop()
-        """)
-        out = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120)
+        token = Path(server.endpoints()["connect_token_file"])
+        assert token.stat().st_mode & 0o077 == 0  # the operator's alone
+        out = _connect(f"{server.endpoints()['connect']}/;token={token.read_text().strip()}")
         assert out.returncode == 0, out.stderr
         found = json.loads(out.stdout.strip().splitlines()[-1])
         assert found["persons"] == spark.read.format("delta").load(f"{root}/silver/person").count()
         assert found["hospitals"] == sorted(settings.sources)
+        for url in (server.endpoints()["connect"], f"{server.endpoints()['connect']}/;token=wrong"):
+            out = _connect(url)
+            assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr.upper(), out.stderr[-2000:]
     finally:
-        assert lakehouse("serve-sql", "--stop", root=root) == 0
+        assert lakehouse("serve-sql", "--stop", root=str(root)) == 0
     assert server.pid() is None and not port_open(thrift) and not port_open(connect)
+
+    log = DeltaTable(AUDIT_LOG.path(str(root))).to_pyarrow_table().to_pylist()
+    assert log and all(row["writer"].startswith("sql@") for row in log)
+    logins = Counter((r["actor"], r["outcome"]) for r in log if r["action"] == "sql.jdbc" and r["target"] == "login")
+    refused = [r["target"] for r in log if r["action"] == "sql.jdbc" and r["outcome"] == "refused"]
+    assert logins == Counter({("t_admin", "ok"): 1})  # a refused login's target says why (below)
+    patterns = [r"role researcher has columns of silver\.\w+ withheld, and a SQL session reads whole tables: use the "
+                r"REST API",
+                r"role clinician sees its own hospital's persons only, and a SQL session reads whole tables: use the "
+                r"REST API",
+                r"role analyst may not read (gold\.(?!indicator_)|silver\.)\w+, which this endpoint serves "
+                r"\(conf/access.yaml\)",
+                r"the token is not t_researcher's",
+                r"unknown token"]  # the Hive JDBC driver sends "anonymous" when given no password
+    assert len(refused) == len(patterns), refused
+    for pattern in patterns:
+        assert sum(bool(re.fullmatch(f"login -- {pattern}", target)) for target in refused) == 1, (pattern, refused)
+    statements = [r for r in log if r["action"] == "sql.jdbc" and r["target"] != "login"]
+    assert [(r["actor"], r["role"], r["outcome"]) for r in statements if "patient_timeline" in r["target"]] == [
+        ("t_admin", "admin", "ok")]
+    reads = [r for r in log if r["action"] == "sql.connect" and r["outcome"] == "ok"]
+    assert reads and all(r["role"] == "admin" for r in reads)
+    assert verify(str(root)).ok
 
 
 # --- REST API ----------------------------------------------------------------------------------------

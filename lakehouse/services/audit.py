@@ -72,6 +72,8 @@ class AuditLog:
             entry = {name: None for name in self.schema.names}
             entry.update(columns, at=dt.datetime.now(dt.UTC), writer=self.writer, seq=self._seq,
                          prev_hash=self._prev)
+            if entry["duration_ms"] is not None:  # hashed as it is stored: 12 is written 12.0
+                entry["duration_ms"] = float(entry["duration_ms"])
             entry["versions"] = sorted((entry["versions"] or {}).items())
             entry["hash"] = self._prev = entry_hash(self._prev, entry)
             self._pending.append(entry)
