@@ -280,7 +280,10 @@ class DqCheck(Strict):
 
     name: str = Field(pattern=RULE_NAME)
     description: str
-    kind: Literal["completeness", "uniqueness", "referential"]
+    kind: Literal["completeness", "uniqueness", "referential", "after_birth", "before_death"] = Field(
+        description="after_birth: the row's time (its one column) is not in a year before its patient's birth year "
+                    "(silver.person); before_death: not after its patient's death (the end of a stay that ended "
+                    "in death, silver.encounter)")
     columns: list[str] = Field(min_length=1)
     references: str | None = Field(None, pattern=r"^silver\.[a-z_]+\.[a-z_]+$",
                                    description="referential: silver.<table>.<column> the column must exist in")
@@ -974,4 +977,7 @@ def _load_dq(folder: Path) -> dict[str, DqTable]:
                 seen[item.name] = file
                 if kind == "checks" and (item.kind == "referential") != (item.references is not None):
                     raise ConfigError(file, f"{kind}.{i}.references", "required by, and only by, kind referential")
+                if kind == "checks" and item.kind in ("referential", "after_birth", "before_death") \
+                        and len(item.columns) != 1:
+                    raise ConfigError(file, f"{kind}.{i}.columns", f"kind {item.kind} takes one column")
     return tables

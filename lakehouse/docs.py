@@ -106,7 +106,13 @@ def quality_page(settings: Settings) -> str:
              "happens to a failing row: `warn` keeps it with the rule's name in `dq_flags`, `quarantine` moves it "
              "to `ops.quarantine` with the rule as its reason, `fail` stops the refine. A rule's status is `fail` "
              "when its pass rate is below its threshold. Categories follow Kahn et al. (2016): conformance, "
-             "completeness, plausibility.", ""]
+             "completeness, plausibility.", "",
+             "Table checks run on the merged table: `completeness` (no missing value), `uniqueness` (one row per "
+             "value), `referential` (the value exists in another silver table), `after_birth` (the row's time is "
+             "not in a year before its patient's birth year: silver holds the year only) and `before_death` (the "
+             "row's time is not after its patient's death, the end of a stay of the same hospital record that "
+             "ended in death). Results, notes, diagnoses and reports may follow a death, so only stays, vital "
+             "signs, procedures and medication orders are held to `before_death`.", ""]
     for name, table in sorted(settings.dq.items()):
         lines += [f"## silver.{name}", ""]
         if table.rules:

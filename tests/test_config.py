@@ -105,6 +105,8 @@ def test_overlay_overrides_base_and_root_precedence(conf, monkeypatch):
         ("dq/lab_result.yaml", lambda d: d["checks"][1].pop("references"), "checks.1.references",
          "required by, and only by, kind referential"),
         ("dq/note.yaml", lambda d: d.update(table="notes"), "table", "Input should be"),
+        ("dq/vital_sign.yaml", lambda d: d["checks"][-1].update(columns=["measured_at", "updated_at"]),
+         "checks.2.columns", "kind before_death takes one column"),
         ("cohorts/diabetes_inpatients.yaml", lambda d: d["inclusion"][1].update(codes=["SNOMED//44054006"]),
          "inclusion.1.codes", "unknown code system 'SNOMED'"),
         ("cohorts/diabetes_inpatients.yaml", lambda d: d["flags"][0]["window"].update(start_days=10, end_days=-10),

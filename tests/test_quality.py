@@ -78,3 +78,36 @@ def test_table_checks_count_per_hospital_in_one_aggregation(spark):
     expected = spark.createDataFrame([("H01", 5, 2, 1, 3), ("H02", 1, 0, 0, 0)],
                                      "hospital_id STRING, _checked LONG, _failed0 LONG, _failed1 LONG, _failed2 LONG")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_an_event_before_its_patients_birth_year_or_after_their_death_fails_the_lifespan_checks(spark, settings):
+    checks = [DqCheck(name="born", description="d", kind="after_birth", columns=["measured_at"],
+                      category="plausibility.temporal"),
+              DqCheck(name="alive", description="d", kind="before_death", columns=["measured_at"],
+                      category="plausibility.temporal")]
+    persons = spark.createDataFrame([("p1", 1950), ("p2", 2020), ("p3", None)], "patient_key STRING, birth_year INT")
+    encounters = spark.createDataFrame([
+        ("p1", "death", "2024-03-01 10:00:00"), ("p1", "death", "2024-05-01 00:00:00"),  # the first death counts
+        ("p2", "home", "2024-01-01 00:00:00"),  # a discharge home is no death
+        ("p4", "death", "2023-01-01 00:00:00"),  # a death of a record silver.person lacks (yet)
+    ], "patient_key STRING, discharge_disposition STRING, discharge_time STRING").withColumn(
+        "discharge_time", F.to_timestamp("discharge_time"))
+    vitals = spark.createDataFrame([
+        ("H01", "p1", "2024-03-01 10:00:00"),  # at the death itself: not after it
+        ("H01", "p1", "2024-03-01 10:00:01"),  # after it: fails before_death
+        ("H01", "p2", "2019-12-31 23:59:59"),  # the year before the birth year: fails after_birth
+        ("H01", "p2", "2020-01-01 00:00:00"),  # in the birth year: silver knows the year only
+        ("H02", "p3", "1800-01-01 00:00:00"),  # no birth year: nothing to judge
+        ("H02", "p4", "2023-06-01 00:00:00"),  # after a death, with no person row
+        ("H02", "p9", None),  # an unknown patient and no time
+    ], "hospital_id STRING, patient_key STRING, measured_at STRING").withColumn(
+        "measured_at", F.to_timestamp("measured_at"))
+    tables = {"person": persons, "encounter": encounters}
+    got = quality.check_counts(vitals, checks, tables.__getitem__)
+    expected = spark.createDataFrame([("H01", 4, 1, 1), ("H02", 3, 0, 1)],
+                                     "hospital_id STRING, _checked LONG, _failed0 LONG, _failed1 LONG")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    bad = DqTable(table="lab_result", checks=[checks[0].model_copy(update={"columns": ["value"]})])
+    with pytest.raises(ConfigError, match="kind after_birth takes a TIMESTAMP column") as caught:
+        quality.validate(spark, settings.model_copy(update={"dq": {"lab_result": bad}}))
+    assert caught.value.key == "checks.0.columns"

@@ -212,6 +212,10 @@ def test_dq_results_per_rule_and_hospital_and_the_report_and_coverage_commands(s
     assert (results["checked_rows"] >= results["failed_rows"]).all()
     code_rules = results[results["rule"] == "lab_code_mapped"]
     assert code_rules["failed_rows"].sum() > 0  # the planted unknown codes
+    # the generator ends every record at its death, and its only births after an event are the planted
+    # impossible birth years (2099)
+    assert (results[results["kind"] == "before_death"]["failed_rows"] == 0).all()
+    assert results[results["rule"] == "encounter_not_before_birth"]["failed_rows"].sum() > 0
 
     conf = str(region.settings.conf_dir)
     assert main(["dq-report", "--conf-dir", conf, "--root", root, "--out", str(tmp_path)]) == 0

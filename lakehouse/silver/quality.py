@@ -3,7 +3,8 @@
 Row rules run on a silver table's new rows before they are merged: each failed rule's name goes into
 `_dq_failed`; `warn` rules keep the row and list their names in `dq_flags`, `quarantine` rules send it
 to `ops.quarantine` (layer silver, the rule as reason) instead of silver, `fail` rules stop the run.
-Table checks (completeness, uniqueness, referential integrity) run on the merged table. Every rule
+Table checks (completeness, uniqueness, referential integrity, and an event's time within its patient's life:
+not before the birth year, not after a death) run on the merged table. Every rule
 and check gives one `ops.dq_result` row per hospital: checked rows, failed rows, pass rate, threshold,
 status. Only those per-hospital counts reach the driver.
 """
@@ -28,6 +29,8 @@ FAILED = "_dq_failed"
 EVENT_HELPERS = {"encounter_found": "BOOLEAN"}  # the row's encounter is in silver.encounter
 HELPERS = {"person": {"has_mrn": "BOOLEAN"}, "encounter": {}}  # the hospital sent the record's MRN
 QUARANTINE_KEYS = ("layer", "stage", "source_file", "source_line", "reason")
+LIFESPAN_KINDS = ("after_birth", "before_death")
+DEATH = "death"  # silver.encounter.discharge_disposition of a stay that ended in death
 
 
 class DataQualityFailure(LakehouseError):
@@ -69,6 +72,11 @@ def validate(spark: SparkSession, settings: Settings) -> None:
                 _, other, column = check.references.split(".")
                 if other not in SILVER or column not in SILVER[other].columns:
                     raise ConfigError(file, f"checks.{i}.references", f"{check.references} is not a silver column")
+            if check.kind in LIFESPAN_KINDS:
+                (column,) = check.columns
+                if "patient_key" not in SILVER[table].columns or dict(SILVER[table].fields).get(column) != "TIMESTAMP":
+                    raise ConfigError(file, f"checks.{i}.columns",
+                                      f"kind {check.kind} takes a TIMESTAMP column of a table with patient_key")
 
 
 def _first_line(err: Exception) -> str:
@@ -142,17 +150,33 @@ def check_counts(frame: DataFrame, checks: list[DqCheck], table: Callable[[str],
             (local,) = check.columns
             known = table(other).select(F.col(column).alias(f"_ref{i}"), F.lit(True).alias(f"_found{i}")).distinct()
             frame = frame.join(known, F.col(local) == F.col(f"_ref{i}"), "left")
+    if any(check.kind in LIFESPAN_KINDS for check in checks):
+        frame = frame.join(lifespan(table), F.col("patient_key") == F.col("_life_key"), "left")
     return frame.groupBy("hospital_id").agg(F.count("*").alias("_checked"),
                                             *[_failed(check, i).alias(f"_failed{i}") for i, check in enumerate(checks)])
 
 
+def lifespan(table: Callable[[str], DataFrame]) -> DataFrame:
+    """Per hospital patient record (`_life_key`): its `_birth_year` (silver.person) and `_death_time`, the end of
+    its first stay that ended in death (silver.encounter)."""
+    births = table("person").select(F.col("patient_key").alias("_life_key"), F.col("birth_year").alias("_birth_year"))
+    deaths = (table("encounter").where(F.col("discharge_disposition") == DEATH)
+              .groupBy(F.col("patient_key").alias("_life_key")).agg(F.min("discharge_time").alias("_death_time")))
+    return births.join(deaths, "_life_key", "full")
+
+
 def _failed(check: DqCheck, i: int) -> Column:
     """Per hospital, the rows that fail the check: a missing value, a row beyond the first of its values (the
-    table's rows less their distinct value combinations, nulls alike), a value the other table lacks."""
+    table's rows less their distinct value combinations, nulls alike), a value the other table lacks, a time in a
+    year before the patient's birth year or after their death (an unknown time, birth or death fails nothing)."""
     if check.kind == "completeness":
         return F.count(F.when(reduce(lambda a, b: a | b, [F.col(c).isNull() for c in check.columns]), 1))
     if check.kind == "uniqueness":
         return F.count("*") - F.count_distinct(F.struct(*check.columns))
+    if check.kind == "after_birth":
+        return F.count(F.when(F.year(check.columns[0]) < F.col("_birth_year"), 1))
+    if check.kind == "before_death":
+        return F.count(F.when(F.col(check.columns[0]) > F.col("_death_time"), 1))
     return F.count(F.when(F.col(f"_found{i}").isNull(), 1))
 
 
