@@ -37,7 +37,7 @@ from lakehouse.catalog import (
     predictions_table,
 )
 from lakehouse.services import api, sql, store
-from lakehouse.services.audit import entry_hash, verify
+from lakehouse.services.audit import AuditLog, entry_hash, verify
 
 pytestmark = pytest.mark.e2e
 COHORT = "diabetes_inpatients"
@@ -150,6 +150,27 @@ def test_sql_endpoint_serves_silver_and_gold_to_admins_by_token_and_audits_every
     reads = [r for r in log if r["action"] == "sql.connect" and r["outcome"] == "ok"]
     assert reads and all(r["role"] == "admin" for r in reads)
     assert verify(str(root)).ok
+
+
+def test_the_endpoints_journal_reaches_the_audit_log_in_whole_lines(tmp_path):
+    file, root = tmp_path / "journal.jsonl", tmp_path / "root"
+    login = {"kind": "login", "via": "jdbc", "user": "u1", "role": "admin", "outcome": "ok", "reason": None}
+    failed = {"kind": "query", "via": "connect", "user": "", "role": None, "statement": "SELECT 1",
+              "started_ms": 1, "outcome": "error", "reason": "boom", "duration_ms": 5, "rows": None}
+    last = json.dumps({**failed, "via": "jdbc", "user": "u1", "role": "admin", "outcome": "ok", "reason": None})
+    file.write_text(json.dumps(login) + "\n" + json.dumps(failed) + "\n" + last[:20])  # the JVM is mid-line
+    audit = AuditLog(str(root), flush_seconds=60, writer_kind="sql")
+    journal = sql.Journal(file, audit)
+    assert journal.drain() == 2
+    with open(file, "a") as out:
+        out.write(last[20:] + "\n")
+    assert journal.drain() == 1 and journal.drain() == 0
+    assert [(r["actor"], r["role"], r["action"], r["target"], r["outcome"], r["duration_ms"])
+            for r in audit.pending] == [
+        ("u1", "admin", "sql.jdbc", "login", "ok", None),
+        ("a Spark Connect client", "admin", "sql.connect", "SELECT 1 -- boom", "error", 5.0),
+        ("u1", "admin", "sql.jdbc", "SELECT 1", "ok", 5.0)]
+    assert audit.flush() == 3 and verify(str(root)).ok
 
 
 # --- REST API ----------------------------------------------------------------------------------------

@@ -188,9 +188,11 @@ def serve(settings: Settings, thrift_port: int | None = None, connect_port: int 
         shutil.rmtree(folder / stale, ignore_errors=True)
     audit = AuditLog(settings.root, settings.main.services.api.audit_flush_seconds, writer_kind=NAME)
     journal = Journal(folder / "journal.jsonl", audit)
-    journal.drain()  # what a previous endpoint journalled and did not append before it died
-    (folder / "journal.jsonl").unlink(missing_ok=True)
-    journal.offset = 0
+    if journal.drain():  # what a previous endpoint journalled and did not append before it died
+        audit.flush()
+    if not audit.pending:  # else the journal stays, and this endpoint appends to it
+        journal.file.unlink(missing_ok=True)
+        journal.offset = 0
     connect_token = pysecrets.token_urlsafe(32)
     access.write_private(folder / "connect.token", connect_token + "\n")
     spark = build_spark(settings, server_conf(settings, folder, sql.host, thrift_port, connect_port, connect_token,
