@@ -128,22 +128,25 @@ def row_results(evaluated: DataFrame, conf: DqTable | None, table: str, run_id: 
 
 
 def check_results(spark: SparkSession, settings: Settings, conf: DqTable | None, table: str,
-                  run_id: str) -> list[tuple]:
+                  run_id: str, lives: DataFrame | None = None) -> list[tuple]:
     """Table checks on the merged silver table, per hospital: one aggregation (one Spark job) for all of a
-    table's checks, a referential check's lookup joined in first."""
+    table's checks, a referential check's lookup joined in first (`lives`: the `lifespan` frame, if the caller
+    holds it)."""
     checks = conf.checks if conf else []
     if not checks:
         return []
     frame = io.read(spark, SILVER[table], settings.root)
-    counts = check_counts(frame, checks, lambda other: io.read_or_empty(spark, SILVER[other], settings.root))
+    counts = check_counts(frame, checks, lambda other: io.read_or_empty(spark, SILVER[other], settings.root), lives)
     return [_result(run_id, table, check.name, check.kind, check.category, check.severity, "check",
                     row.hospital_id, row._checked, row[f"_failed{i}"], check.threshold)
             for row in counts.collect() for i, check in enumerate(checks)]  # one row per hospital
 
 
-def check_counts(frame: DataFrame, checks: list[DqCheck], table: Callable[[str], DataFrame]) -> DataFrame:
+def check_counts(frame: DataFrame, checks: list[DqCheck], table: Callable[[str], DataFrame],
+                 lives: DataFrame | None = None) -> DataFrame:
     """Per hospital: `_checked` rows and `_failed<i>` rows failing check i. `table(name)` is silver.<name>, where
-    a referential check looks its values up."""
+    a referential check looks its values up and the lifespan checks find births and deaths (unless `lives` holds
+    them already)."""
     for i, check in enumerate(checks):
         if check.kind == "referential":
             _, other, column = check.references.split(".")
@@ -151,7 +154,8 @@ def check_counts(frame: DataFrame, checks: list[DqCheck], table: Callable[[str],
             known = table(other).select(F.col(column).alias(f"_ref{i}"), F.lit(True).alias(f"_found{i}")).distinct()
             frame = frame.join(known, F.col(local) == F.col(f"_ref{i}"), "left")
     if any(check.kind in LIFESPAN_KINDS for check in checks):
-        frame = frame.join(lifespan(table), F.col("patient_key") == F.col("_life_key"), "left")
+        frame = frame.join(lifespan(table) if lives is None else lives, F.col("patient_key") == F.col("_life_key"),
+                           "left")
     return frame.groupBy("hospital_id").agg(F.count("*").alias("_checked"),
                                             *[_failed(check, i).alias(f"_failed{i}") for i, check in enumerate(checks)])
 

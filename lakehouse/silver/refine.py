@@ -30,6 +30,7 @@ from lakehouse.catalog import (
     PERSON_LINK,
     PROCEDURE,
     REFINE_STATE,
+    SILVER,
     VITAL_SIGN,
     TableRef,
 )
@@ -475,6 +476,7 @@ class Checked:
         self.results: list[tuple] = []
         self.quarantine: list[DataFrame] = []
         self.evaluated: dict[str, DataFrame] = {}  # each merged table's new rows, evaluated (cached)
+        self.lives: DataFrame | None = None  # births and deaths per patient record, once encounters are merged
 
     def merge(self, df: DataFrame, ref: TableRef) -> Written:
         conf = self.settings.dq.get(ref.name)
@@ -493,7 +495,10 @@ class Checked:
                                 (F.col(CANCELLED) | quality.quarantined(conf)).alias(CANCELLED))
         written = io.merge(self.spark, rows, ref, self.settings.root, update_when=self.update_when,
                            delete_column=CANCELLED)
-        self.results += quality.check_results(self.spark, self.settings, conf, ref.name, self.run_id)
+        if ref == ENCOUNTER:  # the lifespan checks of the encounters and of every table after them
+            silver = lambda name: io.read(self.spark, SILVER[name], self.settings.root)  # noqa: E731
+            self.lives = quality.lifespan(silver).persist()
+        self.results += quality.check_results(self.spark, self.settings, conf, ref.name, self.run_id, self.lives)
         return written
 
     def recheck(self, ref: TableRef, encounters: DataFrame, arrived: DataFrame) -> Written:
@@ -517,5 +522,5 @@ class Checked:
         return written + ([results] if results else [])
 
     def release(self) -> None:
-        for frame in self.evaluated.values():
+        for frame in [*self.evaluated.values(), *([self.lives] if self.lives is not None else [])]:
             frame.unpersist()
