@@ -109,7 +109,7 @@ def add_token(settings: Settings, name: str, role: str, hospital_id: str | None 
         data["tokens"][token_hash(token)] = {"name": name, "role": role,
                                              **({"hospital_id": hospital_id} if hospital_id else {})}
         write_private(file, "# lakehouse API tokens (SHA-256 of each token): keep out of git\n"
-                       + yaml.safe_dump(data, sort_keys=True))
+                      + yaml.safe_dump(data, sort_keys=True))
     return token, file
 
 
