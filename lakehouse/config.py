@@ -675,6 +675,10 @@ class Role(Strict):
     def hides(self, table: str, column: str) -> bool:
         return any(fnmatch.fnmatchcase(f"{table}.{column}", pattern) for pattern in self.hidden_columns)
 
+    def hides_any(self, table: str) -> bool:
+        """Whether some column of `table` is withheld from this role."""
+        return any(fnmatch.fnmatchcase(table, pattern.rsplit(".", 1)[0]) for pattern in self.hidden_columns)
+
     @model_validator(mode="after")
     def _admin_only_layers(self) -> Role:
         if not self.admin:

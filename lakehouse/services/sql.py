@@ -25,7 +25,6 @@ Every login (admitted or refused) and every statement or Spark Connect operation
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import hashlib
 import json
@@ -74,7 +73,7 @@ def refusal(policy: AccessPolicy, role: str, tables: list[str]) -> str | None:
     for table in tables:
         if not policy.may_read(role, table):
             return f"role {role} may not read {table}, which this endpoint serves (conf/access.yaml)"
-        if any(fnmatch.fnmatchcase(table, pattern.rsplit(".", 1)[0]) for pattern in spec.hidden_columns):
+        if spec.hides_any(table):
             return f"role {role} has columns of {table} withheld, and {whole}"
     return None
 
