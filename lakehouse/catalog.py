@@ -132,6 +132,13 @@ REFINE_STATE = TableRef(
     description="bronze batches a refine has merged into silver, with the configuration it used",
 )
 
+REFINE_VOCAB = TableRef(
+    "ops", "refine_vocab",
+    "vocabulary STRING, entry ARRAY<STRING>, version STRING, run_id STRING",
+    description="the code mappings silver's rows were mapped with, one row per entry: the next refine re-maps "
+                "the rows whose codes a new vocabulary version changed",
+)
+
 AUDIT_LOG = TableRef(
     "ops", "audit_log",
     "at TIMESTAMP, writer STRING, seq BIGINT, actor STRING, role STRING, hospital_id STRING, action STRING, "

@@ -34,6 +34,9 @@ from lakehouse.errors import ConfigError
 
 ROOT_ENV = "LAKEHOUSE_ROOT"
 MAIN_FILE = "lakehouse.yaml"
+# the vocabularies under conf/vocab/ that map a source code (or unit) to a standard one: a new version of one of them
+# re-maps, on the next refine, only the silver rows whose codes it changed (lakehouse.silver.remap)
+CODE_MAPPINGS = ("lab_codes", "vital_codes", "drug_codes", "units", "icd10", "icd9cm3")
 _MASTER = re.compile(
     r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[\w.\-]+:\d+(,[\w.\-]+:\d+)*"
     r"|yarn|k8s://.+)$"
@@ -731,7 +734,8 @@ class Settings(BaseModel):
     beds: Beds | None = None
     features: FeatureCatalog | None = None
     access: AccessPolicy | None = None
-    config_hash: str
+    config_hash: str  # every setting the data depends on
+    refine_hash: str = ""  # those silver's rows depend on, but the code mappings (a refine re-applies those in place)
 
     @property
     def project_dir(self) -> Path:
@@ -803,23 +807,24 @@ def load_settings(conf_dir: str | Path = "conf", env: str = "local", root: str |
     access = _validate(AccessPolicy, _read_yaml(access_file), {}, str(access_file))
 
     # what the data depends on: a job re-runs when it changes (not the servers', the cluster's or the exports' settings)
-    digest = hashlib.sha256(
-        json.dumps(
-            {"main": main.model_dump(mode="json", exclude={"services", "cluster", "export", "erasure"}),
-             "sources": {k: v.model_dump() for k, v in by_hospital.items()},
-             "tasks": {k: v.model_dump() for k, v in tasks.items()},
-             "dq": {k: v.model_dump() for k, v in dq.items()}, "linkage": linkage.model_dump(),
-             "cohorts": {k: v.model_dump(mode="json") for k, v in cohorts.items()},
-             "beds": beds.model_dump(), "features": catalog.model_dump(),
-             "vocab": {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
-                       if f.is_file()}},
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
+    vocabularies = {f.name: f.read_text(encoding="utf-8") for f in sorted((conf_dir / "vocab").glob("*"))
+                    if f.is_file()}
+    data = {"main": main.model_dump(mode="json", exclude={"services", "cluster", "export", "erasure"}),
+            "sources": {k: v.model_dump() for k, v in by_hospital.items()},
+            "dq": {k: v.model_dump() for k, v in dq.items()}}
+    refined_by = {**data, "vocab": {name: text for name, text in vocabularies.items()
+                                    if name != "VERSION" and name.removesuffix(".csv") not in CODE_MAPPINGS}}
+    digest = _digest({**data, "tasks": {k: v.model_dump() for k, v in tasks.items()}, "linkage": linkage.model_dump(),
+                      "cohorts": {k: v.model_dump(mode="json") for k, v in cohorts.items()},
+                      "beds": beds.model_dump(), "features": catalog.model_dump(), "vocab": vocabularies})
     settings = Settings(conf_dir=conf_dir, env=env, main=main, root="", sources=by_hospital,
                         tasks=tasks, dq=dq, linkage=linkage, cohorts=cohorts, beds=beds,
-                        features=catalog, access=access, config_hash=digest)
+                        features=catalog, access=access, config_hash=digest, refine_hash=_digest(refined_by))
     return settings.model_copy(update={"root": settings.path(chosen_root)})
+
+
+def _digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

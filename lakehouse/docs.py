@@ -142,8 +142,11 @@ def vocabularies_page(settings: Settings) -> str:
     lines = [GENERATED.format(source="conf/vocab"), "", "# Vocabularies", "",
              f"Version **{version}** (`conf/vocab/VERSION`). Mappings are data: a hospital's new local code is a "
              "new line in a CSV file, not code. Every coded silver row records the `vocab_version` that mapped "
-             "it; when the version changes, the next `lakehouse refine` re-maps every silver row (a full pass, "
-             "recorded in the tables' Delta history as `vocab <version>`). `lakehouse vocab-coverage` shows the "
+             "it. When a code mapping (`lab_codes`, `vital_codes`, `drug_codes`, `units`, `icd10`, `icd9cm3`) "
+             "changes, the next `lakehouse refine` re-maps only the silver rows holding a code whose entry was "
+             "added, removed or changed (against the mappings it recorded in `ops.refine_vocab`); a change of "
+             "`sex`, `status` or `encounter_types` re-maps every row (a full pass). Both are recorded in the "
+             "tables' Delta history (`vocab <version>`, `re-map of <tables>`). `lakehouse vocab-coverage` shows the "
              "share of codes mapped per hospital and entity and the most frequent unmapped codes.", "",
              *markdown_table(["file", "what it maps", "columns", "rows"], rows)]
     return "\n".join(lines).rstrip() + "\n"

@@ -209,3 +209,23 @@ def test_the_servers_settings_do_not_change_the_configuration_hash(conf):
     assert load_settings(conf, "local").config_hash == before
     _edit(conf / "local" / "lakehouse.yaml", lambda d: d["spark"].update(shuffle_partitions=3))
     assert load_settings(conf, "local").config_hash != before
+
+
+def test_a_refine_depends_on_the_rules_contracts_and_vocabularies_but_not_on_the_code_mappings(conf):
+    """`refine_hash` decides a full refine: a code mapping is re-applied row by row (silver.remap), and a cohort's
+    or a task's change is gold's business."""
+    def hashes() -> tuple[str, str]:
+        settings = load_settings(conf, "local")
+        return settings.config_hash, settings.refine_hash
+
+    seen = [hashes()]
+    _edit(conf / "cohorts" / "diabetes_inpatients.yaml", lambda d: d.update(description="changed"))
+    with (conf / "vocab" / "lab_codes.csv").open("a", encoding="utf-8") as codes:
+        codes.write("H01,NEW1,2345-7,Glucose\n")
+    (conf / "vocab" / "VERSION").write_text("2099.1.1\n")
+    seen.append(hashes())
+    assert seen[1][0] != seen[0][0] and seen[1][1] == seen[0][1]
+    with (conf / "vocab" / "status.csv").open("a", encoding="utf-8") as statuses:
+        statuses.write("H01,撤销,cancelled\n")
+    seen.append(hashes())
+    assert seen[2][0] != seen[1][0] and seen[2][1] != seen[1][1]

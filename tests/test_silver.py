@@ -286,31 +286,47 @@ def test_day_by_day_increments_equal_the_region_refined_at_once_and_a_full_pass(
     resent = io.read(spark, BRONZE["lab_result"], settings.root).where("_batch_id = 'day-3'").count()
     assert resent > 0  # precondition: the duplicates are in bronze
     assert {t: io.read(spark, ref, settings.root).count() for t, ref in SILVER.items()} == counts
-    # a new vocabulary version makes the next refine a full pass over the same bronze (the re-cut included): it
-    # re-maps the rows the new version affects, says so in the history, and leaves every other row as the three
-    # increments left it
+    # a new vocabulary version (a local lab code mapped, one unit's factor changed) re-maps, on the next refine,
+    # the rows whose codes it changed (the re-cut's records included) and only them: every other row, in every
+    # table, is as the three increments left it, its vocab_version included
     versions = {t: io.latest_version(spark, ref, settings.root) for t, ref in SILVER.items()}
-    labs = io.read(spark, SILVER["lab_result"], settings.root)
+    labs, vitals = (io.read(spark, SILVER[t], settings.root) for t in ("lab_result", "vital_sign"))
     code = labs.where(~F.col("is_mapped")).select("hospital_id", "source_code").first()
-    assert code is not None  # precondition: a planted unknown code
+    pair = vitals.where("unit_ok").select("loinc_code", "source_unit").first()
+    assert code is not None and pair is not None  # precondition: a planted unknown code, a converted vital
     conf = tmp_path / "conf"
     shutil.copytree(region.settings.conf_dir, conf)
     (conf / "vocab" / "VERSION").write_text("2099.1.1\n")
     with (conf / "vocab" / "lab_codes.csv").open("a", encoding="utf-8") as vocabulary:
         vocabulary.write(f"{code.hospital_id},{code.source_code},14749-6,Glucose\n")
+    units = (conf / "vocab" / "units.csv").read_text(encoding="utf-8").splitlines()
+    changed = [n for n, line in enumerate(units) if line.startswith(f"{pair.loinc_code},{pair.source_unit},")]
+    assert len(changed) == 1
+    *unit_pair, factor = units[changed[0]].split(",")
+    factor = float(factor) * 1.0001
+    units[changed[0]] = ",".join([*unit_pair, repr(factor)])
+    (conf / "vocab" / "units.csv").write_text("\n".join(units) + "\n", encoding="utf-8")
     remapped = load_settings(conf, "local", settings.root)
+    assert remapped.refine_hash == settings.refine_hash and remapped.config_hash != settings.config_hash
     refine(spark, remapped, secrets.pseudonym_key(remapped), secrets.vault_key(remapped), "refine-vocab")
-    labs = io.read(spark, SILVER["lab_result"], settings.root)
-    affected = (F.col("hospital_id") == code.hospital_id) & (F.col("source_code") == code.source_code)
-    assert {(r.loinc_code, r.is_mapped, r.vocab_version) for r in labs.where(affected).collect()} == {
+    affected = {"lab_result": (F.col("hospital_id") == code.hospital_id) & (F.col("source_code") == code.source_code),
+                "vital_sign": (F.col("loinc_code") == pair.loinc_code) & (F.col("source_unit") == pair.source_unit)}
+    labs, vitals = (io.read(spark, SILVER[t], settings.root) for t in ("lab_result", "vital_sign"))
+    assert {(r.loinc_code, r.is_mapped, r.vocab_version) for r in labs.where(affected["lab_result"]).collect()} == {
         ("14749-6", True, "2099.1.1")}
-    assert labs.where(F.col("vocab_version") != "2099.1.1").count() == 0
+    expected = F.round(F.col("source_value").cast("double") * factor, 4)
+    converted = vitals.where(affected["vital_sign"]).select((F.col("value") == expected).alias("converted"),
+                                                             "vocab_version").distinct().collect()
+    assert {(r.converted, r.vocab_version) for r in converted} == {(True, "2099.1.1")}
     for table, ref in SILVER.items():
-        assert io.latest_version(spark, ref, settings.root) > versions[table]
         now, before = (io.read(spark, ref, settings.root, version) for version in (None, versions[table]))
-        if table == "lab_result":
-            now, before = now.where(~affected), before.where(~affected)
-        assert_df_equality(now.drop("vocab_version"), before.drop("vocab_version"), ignore_row_order=True,
-                           ignore_nullable=True)
+        if table in affected:
+            assert io.latest_version(spark, ref, settings.root) > versions[table]
+            now, before = now.where(~affected[table]), before.where(~affected[table])
+        assert_df_equality(now, before, ignore_row_order=True, ignore_nullable=True)
+    assert io.read(spark, REFINE_STATE, settings.root).count() == 3  # no batch was refined again
     history = spark.sql(f"DESCRIBE HISTORY delta.`{SILVER['lab_result'].path(settings.root)}`").first()
-    assert "vocab 2099.1.1" in history.userMetadata and "full" in history.userMetadata
+    assert "vocab 2099.1.1" in history.userMetadata and "re-map of lab_result, vital_sign" in history.userMetadata
+    # the next refine finds the mappings recorded: nothing to do
+    refine(spark, remapped, secrets.pseudonym_key(remapped), secrets.vault_key(remapped), "refine-again")
+    assert io.latest_version(spark, SILVER["lab_result"], settings.root) == history.version

@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from lakehouse.bronze import readers
 from lakehouse.config import EntitySource
 from lakehouse.gold.features import build_features
+from lakehouse.silver import remap
 from lakehouse.silver.refine import (
     latest_per_key,
     standardize_diagnoses,
@@ -203,3 +204,44 @@ def test_features_use_only_events_before_index_and_label_from_window(spark, sett
        "comorbidity_diabetes DOUBLE, comorbidity_heart_failure DOUBLE, labs_creatinine_count_30d DOUBLE, "
        "labs_creatinine_last_365d DOUBLE, labs_creatinine_slope_30d DOUBLE, label INT, v BIGINT")
     assert_approx_df_equality(got, expected, 0.01, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_code_mapping_change_selects_the_records_holding_a_changed_code(spark):
+    before = {"lab_codes": frozenset({("H1", "GLU", "2345-7", "Glucose")}),
+              "units": frozenset({("2345-7", "mg/dL", "mmol/L", "0.0555")}),
+              "icd10": frozenset({("E11.9", "2型糖尿病"), ("I10", "高血压")}),
+              "icd9cm3": frozenset({("88.72", "心脏超声")})}
+    now = {"lab_codes": before["lab_codes"] | {("H2", "X9", "2160-0", "Creatinine")},  # a local code mapped
+           "units": frozenset({("2345-7", "mg/dL", "mmol/L", "0.0556")}),  # a factor corrected
+           "icd10": frozenset({("E11.9", "2型糖尿病不伴并发症"), ("I10", "高血压")}),  # a name changed
+           "icd9cm3": before["icd9cm3"] | {("36.06", "冠状动脉支架置入")}}  # a code added
+    changes = remap.changed(before, now)
+    assert changes == {"lab_codes": {("H2", "X9", "2160-0", "Creatinine")},
+                       "units": {("2345-7", "mg/dL", "mmol/L", "0.0555"), ("2345-7", "mg/dL", "mmol/L", "0.0556")},
+                       "icd10": {("E11.9", "2型糖尿病"), ("E11.9", "2型糖尿病不伴并发症")},
+                       "icd9cm3": {("36.06", "冠状动脉支架置入")}}
+    measured = ("hospital_id STRING, source_id STRING, source_file STRING, source_line BIGINT, source_code STRING, "
+                "loinc_code STRING, source_unit STRING")
+    labs = spark.createDataFrame([
+        ("H1", "r1", "/l/H1/d1/lab.csv", 2, "GLU", "2345-7", "mg/dL"),  # its unit's factor changed
+        ("H1", "r2", "/l/H1/d1/lab.csv", 3, "K", "2823-3", "mmol/L"),
+        ("H2", "r3", "/l/H2/d1/lab.csv", 2, "X9", None, "umol/L"),  # its code is mapped now
+        ("H1", None, "/l/H1/d1/lab.csv", 7, "X9", None, "umol/L"),  # the same local code at another hospital
+        ("H2", None, "/l/H2/d2/lab.csv", 9, "X9", None, "umol/L")], measured)  # no id: keyed by file and line
+    vitals = spark.createDataFrame([("H1", "v1", "/l/H1/d1/vital.csv", 2, "HR", "8867-4", "次/分")], measured)
+    diagnoses = spark.createDataFrame([
+        ("H1", "d1", "/l/H1/d1/dx.csv", 2, "E11.9", "2型糖尿病", "E11.9"),  # its code's entry changed
+        ("H1", "d2", "/l/H1/d1/dx.csv", 3, None, "2型糖尿病不伴并发症", None),  # no code: its name is an entry now
+        ("H1", "d3", "/l/H1/d1/dx.csv", 4, "I10", "2型糖尿病", "I10")],  # a code: its name is not looked up
+        "hospital_id STRING, source_id STRING, source_file STRING, source_line BIGINT, source_code STRING, "
+        "source_name STRING, icd10_code STRING")
+    procedures = spark.createDataFrame([
+        ("H1", "p1", "/l/H1/d1/op.csv", 2, "3606"),  # unmapped until now: matched by its normalized code
+        ("H1", "p2", "/l/H1/d1/op.csv", 3, "88.72")],
+        "hospital_id STRING, source_id STRING, source_file STRING, source_line BIGINT, source_code STRING")
+    found = remap.affected({"lab_result": labs, "vital_sign": vitals, "diagnosis": diagnoses,
+                            "procedure": procedures}, changes)
+    assert sorted(found) == ["diagnosis", "lab_result", "procedure", "vital_sign"]  # medication: drug codes unchanged
+    keys = {table: sorted((r[0], r[1]) for r in frame.collect()) for table, frame in found.items()}
+    assert keys == {"lab_result": [("H1", "r1"), ("H2", "line:d2/lab.csv:9"), ("H2", "r3")], "vital_sign": [],
+                    "diagnosis": [("H1", "d1"), ("H1", "d2")], "procedure": [("H1", "p1")]}

@@ -7,7 +7,7 @@ encrypted with AES-GCM; silver carries keyed-hash pseudonyms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -30,6 +30,7 @@ from lakehouse.catalog import (
     PERSON_LINK,
     PROCEDURE,
     REFINE_STATE,
+    REFINE_VOCAB,
     SILVER,
     VITAL_SIGN,
     TableRef,
@@ -37,8 +38,9 @@ from lakehouse.catalog import (
 from lakehouse.config import Settings
 from lakehouse.io import Written
 from lakehouse.runlog import commit_note
-from lakehouse.silver import quality, vault, vocab
+from lakehouse.silver import quality, remap, vault, vocab
 from lakehouse.silver.standardize import (
+    RECORD_KEY,
     clean_text,
     is_cancelled,
     keyed_hash,
@@ -48,11 +50,15 @@ from lakehouse.silver.standardize import (
     normalize_icd10,
     parse_timestamp,
     plausible_times,
+    record_key,
 )
 
+# the bronze column holding each event entity's source record id (its key, with the hospital)
+SOURCE_ID = {"encounter": "encounter_id", "diagnosis": "diagnosis_id", "procedure": "procedure_id",
+             "lab_result": "result_id", "vital_sign": "vital_id", "medication": "order_id",
+             "imaging_report": "report_id", "note": "note_id"}
 INCREMENT_UPDATE_WHEN = "t.updated_at IS NULL OR s.updated_at >= t.updated_at"  # a later batch wins a tie
 CANCELLED = "_cancelled"  # the latest version of the record cancels it
-RECORD_KEY = "_record_key"  # the source id, or the file and line of a record sent without one
 
 
 def resolve_references(bronze: DataFrame) -> DataFrame:
@@ -77,14 +83,6 @@ def _formats(settings: Settings, entity: str, kind: str = "timestamp_format") ->
 def _lineage() -> list[Column]:
     return [F.col("_source_file").alias("source_file"), F.col("_source_line").alias("source_line"),
             F.col("_batch_id").alias("batch_id")]
-
-
-def record_key(source_id: str) -> Column:
-    """The source id; a record sent without one is kept apart by its file and line (and flagged by a DQ rule),
-    never merged with the hospital's other id-less records."""
-    day_and_file = F.regexp_extract(F.col("_source_file"), r"([^/]+/[^/]+)$", 1)  # <landing>/<hospital>/<day>/<file>
-    return F.coalesce(clean_text(F.col(source_id)),
-                      F.concat(F.lit("line:"), day_and_file, F.lit(":"), F.col("_source_line")))
 
 
 def patient_key(key: bytes, hospital: Column, mrn: Column) -> Column:
@@ -117,9 +115,9 @@ class Prepared:
         return parse_timestamp(F.col(column), F.col("_hospital_id"), self.formats).alias(column)
 
 
-def prepare(bronze: DataFrame, entity: str, source_id: str, persons: DataFrame, key: bytes,
-            settings: Settings) -> Prepared:
+def prepare(bronze: DataFrame, entity: str, persons: DataFrame, key: bytes, settings: Settings) -> Prepared:
     formats = _formats(settings, entity)
+    source_id = SOURCE_ID[entity]
     updated = parse_timestamp(F.col("updated_at"), F.col("_hospital_id"), formats)
     own_key = patient_key(key, F.col("_hospital_id"), F.col("mrn"))
     people = persons.select(F.col("patient_key").alias("_pk"), F.col("person_key"))
@@ -210,7 +208,7 @@ def identity_rows(latest: DataFrame, key: bytes, settings: Settings) -> DataFram
 
 def standardize_encounters(bronze: DataFrame, persons: DataFrame, types: DataFrame, key: bytes,
                            settings: Settings) -> DataFrame:
-    p = prepare(bronze, "encounter", "encounter_id", persons, key, settings)
+    p = prepare(bronze, "encounter", persons, key, settings)
     local_type = clean_text(p.rows.encounter_type)
     return (p.rows
             .join(types, (F.col("_hospital_id") == types.hospital_id) & (local_type == types.local_value), "left")
@@ -233,7 +231,7 @@ def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, icd10: DataFram
                           settings: Settings, vocab_version: str) -> DataFrame:
     """ICD-10 normalized (dot, case, extension digits); a missing code is looked up by the diagnosis's
     Chinese name. `is_mapped`: the code is in the region's ICD-10 list (conf/vocab/icd10.csv)."""
-    p = prepare(bronze, "diagnosis", "diagnosis_id", persons, key, settings)
+    p = prepare(bronze, "diagnosis", persons, key, settings)
     source_code, name = clean_text(F.col("icd_code")), clean_text(F.col("diagnosis_name"))
     by_name = icd10.select(F.col("code").alias("_by_name"), F.col("name").alias("_name"))
     known = icd10.select(F.col("code").alias("_known"))
@@ -251,7 +249,7 @@ def standardize_diagnoses(bronze: DataFrame, persons: DataFrame, icd10: DataFram
 def standardize_procedures(bronze: DataFrame, persons: DataFrame, icd9cm3: DataFrame, key: bytes,
                            settings: Settings, vocab_version: str) -> DataFrame:
     """ICD-9-CM-3 normalized to `NN.N[N]`; `is_mapped`: the code is in conf/vocab/icd9cm3.csv."""
-    p = prepare(bronze, "procedure", "procedure_id", persons, key, settings)
+    p = prepare(bronze, "procedure", persons, key, settings)
     source_code = clean_text(F.col("procedure_code"))
     code = normalize_icd9cm3(source_code)
     known = icd9cm3.select(F.col("code").alias("_known"))
@@ -286,7 +284,7 @@ def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame
                      settings: Settings, vocab_version: str) -> DataFrame:
     """Local lab codes -> LOINC, values converted to the canonical unit; unknown codes or units are
     kept with their source values and flagged (is_mapped / unit_ok false, value null), never guessed."""
-    p = prepare(bronze, "lab_result", "result_id", persons, key, settings)
+    p = prepare(bronze, "lab_result", persons, key, settings)
     return _measurements(p, lab_codes, units, "test_code").select(
         keyed_hash(key, F.lit("lab"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("lab_key"),
         *_owners(p, key), clean_text(F.col("test_code")).alias("source_code"),
@@ -297,7 +295,7 @@ def standardize_labs(bronze: DataFrame, persons: DataFrame, lab_codes: DataFrame
 def standardize_vitals(bronze: DataFrame, persons: DataFrame, vital_codes: DataFrame, units: DataFrame,
                        key: bytes, settings: Settings, vocab_version: str) -> DataFrame:
     """Nursing measure codes -> LOINC, values in the canonical unit (℃ -> Cel, 次/分 -> /min, ...)."""
-    p = prepare(bronze, "vital_sign", "vital_id", persons, key, settings)
+    p = prepare(bronze, "vital_sign", persons, key, settings)
     return _measurements(p, vital_codes, units, "measure_code").select(
         keyed_hash(key, F.lit("vital"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("vital_key"),
         *_owners(p, key), clean_text(F.col("measure_code")).alias("source_code"),
@@ -308,7 +306,7 @@ def standardize_vitals(bronze: DataFrame, persons: DataFrame, vital_codes: DataF
 def standardize_medications(bronze: DataFrame, persons: DataFrame, drug_codes: DataFrame, key: bytes,
                             settings: Settings, vocab_version: str) -> DataFrame:
     """Local drug codes -> ATC; the dose as a number beside the dose as sent."""
-    p = prepare(bronze, "medication", "order_id", persons, key, settings)
+    p = prepare(bronze, "medication", persons, key, settings)
     return (p.rows
             .join(drug_codes, (F.col("_hospital_id") == drug_codes.hospital_id)
                   & (clean_text(F.col("drug_code")) == drug_codes.local_code), "left")
@@ -341,7 +339,7 @@ def free_text(column: str, entity: str, settings: Settings) -> Column:
 
 
 def standardize_imaging(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
-    p = prepare(bronze, "imaging_report", "report_id", persons, key, settings)
+    p = prepare(bronze, "imaging_report", persons, key, settings)
     return p.rows.select(
         keyed_hash(key, F.lit("imaging"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("report_key"),
         *_owners(p, key), clean_text(F.col("modality")).alias("modality"),
@@ -350,7 +348,7 @@ def standardize_imaging(bronze: DataFrame, persons: DataFrame, key: bytes, setti
 
 
 def standardize_notes(bronze: DataFrame, persons: DataFrame, key: bytes, settings: Settings) -> DataFrame:
-    p = prepare(bronze, "note", "note_id", persons, key, settings)
+    p = prepare(bronze, "note", persons, key, settings)
     return p.rows.select(
         keyed_hash(key, F.lit("note"), F.col("_hospital_id"), F.col(RECORD_KEY)).alias("note_key"),
         *_owners(p, key), clean_text(F.col("note_type")).alias("note_type"),
@@ -369,7 +367,7 @@ def _tail(p: Prepared) -> list[Column]:
 
 
 OUTPUTS = (PERSON, IDENTITY, ENCOUNTER, DIAGNOSIS, PROCEDURE, LAB_RESULT, VITAL_SIGN, MEDICATION, IMAGING_REPORT, NOTE,
-           DQ_RESULT, REFINE_STATE)
+           DQ_RESULT, REFINE_STATE, REFINE_VOCAB)
 
 
 def refine_inputs(spark: SparkSession, settings: Settings) -> list[Written]:
@@ -399,18 +397,31 @@ def event_tables(spark: SparkSession, settings: Settings, bronze: dict[str, Data
 
 @dataclass(frozen=True)
 class Batches:
-    """The bronze batches a refine merges: only new ones, or all of them (`full`) when silver is new, the
-    configuration changed since the last refine (a vocabulary, a rule, a contract) or a full pass is asked for."""
+    """What a refine merges: the bronze batches not refined yet, or all of them (`full`) when silver is new, the
+    configuration its rows depend on changed since the last refine (a rule, a contract, a vocabulary other than
+    the code mappings) or a full pass is asked for; and beside them every row of the records whose codes a new
+    code-mapping vocabulary changed (`remapped`: silver table -> their hospital and record key)."""
 
     ids: list[str]
     full: bool
+    remapped: dict[str, DataFrame] = field(default_factory=dict)
+    mappings: remap.Mappings | None = None  # the code mappings to record, when silver's record of them is stale
 
-    def of(self, frame: DataFrame) -> DataFrame:
-        return frame if self.full else frame.where(F.col("_batch_id").isin(self.ids))
+    def of(self, frame: DataFrame, entity: str) -> DataFrame:
+        if self.full:
+            return frame
+        new = F.col("_batch_id").isin(self.ids)
+        if entity not in self.remapped:
+            return frame.where(new)
+        records = self.remapped[entity].withColumn("_remapped", F.lit(True))
+        keyed = frame.withColumn(RECORD_KEY, record_key(SOURCE_ID[entity]))
+        return (keyed.join(records, ["_hospital_id", RECORD_KEY], "left")
+                .where(new | F.col("_remapped").isNotNull()).drop(RECORD_KEY, "_remapped"))
 
 
 def batches_to_refine(spark: SparkSession, settings: Settings, full: bool = False) -> Batches:
-    """Landed batches (from the ledger: one row per file) not yet refined; all of them for a full pass."""
+    """Landed batches (from the ledger: one row per file) not yet refined, and the records a change of the code
+    mappings re-maps; all batches for a full pass."""
     root = settings.root
     if not io.exists(spark, INGEST_LEDGER, root):
         return Batches([], full)
@@ -418,9 +429,18 @@ def batches_to_refine(spark: SparkSession, settings: Settings, full: bool = Fals
               .select("batch_id").distinct().collect()}  # one row per ingest run
     done = ({(r.batch_id, r.config_hash) for r in io.read(spark, REFINE_STATE, root).collect()}  # per batch
             if io.exists(spark, REFINE_STATE, root) else set())
-    same_config = {b for b, config in done if config == settings.config_hash}
-    full = full or not done or not io.exists(spark, PERSON, root) or any(b not in same_config for b, _ in done)
-    return Batches(sorted(landed if full else landed - same_config), full)
+    same_config = {b for b, config in done if config == settings.refine_hash}
+    mappings, applied = remap.current(settings.vocab_dir), remap.applied(spark, root)
+    full = (full or not done or applied is None or not io.exists(spark, PERSON, root)
+            or any(b not in same_config for b, _ in done))
+    if full:
+        return Batches(sorted(landed), True, mappings=mappings)
+    changes = remap.changed(applied, mappings)
+    if not changes:
+        return Batches(sorted(landed - same_config), False)
+    records = remap.affected({t: io.read(spark, SILVER[t], root) for t in remap.AFFECTED_BY}, changes)
+    held = {table: frame for table, frame in records.items() if not frame.isEmpty()}  # one small job per table
+    return Batches(sorted(landed - same_config), False, held, mappings)
 
 
 def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes, run_id: str = "refine",
@@ -431,17 +451,20 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     quality.validate(spark, settings)  # a bad rule is refused before any table is touched
     vault.check_key(spark, root, vault_key, settings.main.secrets.vault_key_env)  # so is a wrong vault key
     batches = batches_to_refine(spark, settings, full)
-    if not batches.ids:
-        return [io.describe(spark, ref, root) for ref in OUTPUTS if io.exists(spark, ref, root)]
+    if not batches.ids and not batches.remapped:  # nothing new; a code-mapping change no silver row holds is recorded
+        recorded = [_record_mappings(spark, settings, batches.mappings, run_id)] if batches.mappings else []
+        return [io.describe(spark, ref, root) for ref in OUTPUTS if io.exists(spark, ref, root)] + recorded
     # an increment keeps the latest version (ties: the later batch); a full pass re-maps every row
     update_when = None if batches.full else INCREMENT_UPDATE_WHEN
-    bronze = {e: resolve_references(batches.of(io.read_or_empty(spark, ref, root))) for e, ref in BRONZE.items()}
+    bronze = {e: resolve_references(batches.of(io.read_or_empty(spark, ref, root), e)) for e, ref in BRONZE.items()}
     patients = latest_patients(bronze["patient"], settings).persist()  # read by two merges
     sex = vocab.load(spark, settings.vocab_dir, "sex").alias("sex_vocab")
     checked = Checked(spark, settings, run_id, update_when)
     # every commit of this refine says, in the tables' history, which run and vocabulary version made it
+    remapped = f"; re-map of {', '.join(sorted(batches.remapped))}" if batches.remapped else ""
     with commit_note(spark, run_id, f"refine; vocab {vocab.version(settings.vocab_dir)}; "
-                                    f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches"):
+                                    f"{'full' if batches.full else 'increment'} of {len(batches.ids)} batches"
+                                    f"{remapped}"):
         try:
             links = io.read_or_empty(spark, PERSON_LINK, root)
             identities = vault.encrypted(identity_rows(patients, key, settings), vault.key_frame(spark, vault_key))
@@ -458,13 +481,20 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
                 if not batches.full:  # rows flagged before their encounter arrived are judged again
                     outputs[-1] = checked.recheck(ref, encounters, arrived)
             outputs += checked.finish()
-            state = spark.createDataFrame([(b, settings.config_hash, run_id) for b in batches.ids],
+            if batches.mappings is not None:  # after the rows they re-map: a stop before re-maps them again
+                outputs.append(_record_mappings(spark, settings, batches.mappings, run_id))
+            state = spark.createDataFrame([(b, settings.refine_hash, run_id) for b in batches.ids],
                                           "batch_id STRING, config_hash STRING, run_id STRING")
             outputs.append(io.append(spark, state.withColumn("refined_at", F.current_timestamp()), REFINE_STATE, root))
         finally:
             patients.unpersist()
             checked.release()
     return outputs
+
+
+def _record_mappings(spark: SparkSession, settings: Settings, mappings: remap.Mappings, run_id: str) -> Written:
+    rows = remap.snapshot(spark, mappings, vocab.version(settings.vocab_dir), run_id)
+    return io.overwrite(spark, rows, REFINE_VOCAB, settings.root)
 
 
 class Checked:

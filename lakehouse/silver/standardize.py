@@ -12,6 +12,8 @@ ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK_CHARS = "10X98765432"
 SEPARATOR = "|"
 
+RECORD_KEY = "_record_key"  # the source id, or the file and line of a record sent without one
+
 
 def clean_text(col: Column) -> Column:
     """Trim, fold full-width ASCII (Ｅ１１ -> E11) and ideographic spaces, collapse inner whitespace."""
@@ -20,6 +22,14 @@ def clean_text(col: Column) -> Column:
     folded = F.translate(col, full, half)
     cleaned = F.trim(F.regexp_replace(folded, r"\s+", " "))
     return F.when(cleaned == "", None).otherwise(cleaned)
+
+
+def record_key(source_id: str) -> Column:
+    """The source id; a record sent without one is kept apart by its file and line (and flagged by a DQ rule),
+    never merged with the hospital's other id-less records."""
+    day_and_file = F.regexp_extract(F.col("_source_file"), r"([^/]+/[^/]+)$", 1)  # <landing>/<hospital>/<day>/<file>
+    return F.coalesce(clean_text(F.col(source_id)),
+                      F.concat(F.lit("line:"), day_and_file, F.lit(":"), F.col("_source_line")))
 
 
 def parse_timestamp(col: Column, hospital: Column, formats: dict[str, str]) -> Column:

@@ -42,6 +42,11 @@ def _rows(file: Path, columns: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
         return tuple(tuple(row[c] for c in columns) for row in reader)
 
 
+def entries(vocab_dir: Path, name: str) -> tuple[tuple[str, ...], ...]:
+    """A vocabulary's rows as read, on the driver (a vocabulary is small)."""
+    return _rows(vocab_dir / f"{name}.csv", VOCABS[name])
+
+
 def cancelled_values(vocab_dir: Path) -> dict[str, list[str]]:
     """hospital -> the status values that cancel a record (status.csv rows whose status is `cancelled`)."""
     found: dict[str, list[str]] = {}
@@ -59,7 +64,7 @@ def surnames(vocab_dir: Path) -> list[str]:
 def load(spark: SparkSession, vocab_dir: Path, name: str) -> DataFrame:
     """A vocabulary as a broadcast DataFrame of strings (`factor` as double)."""
     columns = VOCABS[name]
-    rows = list(_rows(vocab_dir / f"{name}.csv", columns))
+    rows = list(entries(vocab_dir, name))
     df = spark.createDataFrame(rows, ", ".join(f"{c} STRING" for c in columns))
     if "factor" in columns:
         df = df.withColumn("factor", F.col("factor").cast("double"))
