@@ -12,6 +12,7 @@ from conftest import CONF
 from lakehouse.cli import main
 from lakehouse.config import load_settings
 from lakehouse.errors import ConfigError
+from lakehouse.silver.refine import refine
 
 
 @pytest.fixture
@@ -229,3 +230,20 @@ def test_a_refine_depends_on_the_rules_contracts_and_vocabularies_but_not_on_the
         statuses.write("H01,撤销,cancelled\n")
     seen.append(hashes())
     assert seen[2][0] != seen[1][0] and seen[2][1] != seen[1][1]
+
+
+@pytest.mark.parametrize("file, line, message", [
+    ("lab_codes.csv", "H01,GLU,2160-0,Creatinine", "hospital_id, local_code H01, GLU is on line"),
+    ("icd10.csv", "E11.8,2型糖尿病", "name 2型糖尿病 is on line"),
+    ("units.csv", "14749-6,mmol/L,mmol/L,2", "loinc_code, source_unit 14749-6, mmol/L is on line"),
+])
+def test_a_vocabulary_mapping_a_code_twice_is_refused_before_a_refine_touches_anything(spark, conf, tmp_path,
+                                                                                      file, line, message):
+    with (conf / "vocab" / file).open("a", encoding="utf-8") as vocabulary:
+        vocabulary.write(line + "\n")
+    lines = len((conf / "vocab" / file).read_text(encoding="utf-8").splitlines())
+    settings = load_settings(conf, "local", str(tmp_path / "root"))
+    with pytest.raises(ConfigError, match=message) as caught:
+        refine(spark, settings, bytes(32), bytes(32))
+    assert caught.value.file == str(conf / "vocab" / file) and caught.value.key == f"line {lines}"
+    assert not (tmp_path / "root").exists()

@@ -449,6 +449,7 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
     data-quality rules of conf/dq; a cancelled or quarantined record leaves silver. Returns the tables written."""
     root = settings.root
     quality.validate(spark, settings)  # a bad rule is refused before any table is touched
+    vocab.validate(settings.vocab_dir)  # so is a vocabulary mapping a code twice
     vault.check_key(spark, root, vault_key, settings.main.secrets.vault_key_env)  # so is a wrong vault key
     batches = batches_to_refine(spark, settings, full)
     if not batches.ids and not batches.remapped:  # nothing new; a code-mapping change no silver row holds is recorded
