@@ -129,7 +129,8 @@ DQ_RESULT = TableRef(
 REFINE_STATE = TableRef(
     "ops", "refine_state",
     "batch_id STRING, config_hash STRING, run_id STRING, refined_at TIMESTAMP",
-    description="bronze batches a refine has merged into silver, with the configuration it used",
+    description="bronze batches a refine has merged into silver, with the hash of the settings silver's rows "
+                "depend on (config_hash: Settings.refine_hash; a change means a full pass)",
 )
 
 REFINE_VOCAB = TableRef(
