@@ -239,17 +239,21 @@ def replace_groups(spark: SparkSession, rows: DataFrame, ref: TableRef, root: st
 
 def merge(spark: SparkSession, df: DataFrame, ref: TableRef, root: str,
           keys: tuple[str, ...] | None = None, update_when: str | None = None,
-          delete_column: str | None = None) -> Written:
+          delete_column: str | None = None, skip_empty: bool = False) -> Written:
     """Upsert by key: update matched rows (optionally only `update_when`), insert new ones.
 
     Creates the table on first use. `update_when` compares `t.` (target) and `s.` (source) columns,
     for example "s.updated_at > t.updated_at", so a re-run with the same data changes no row.
     `delete_column` names a boolean source column (not in the table): true deletes the matched row
-    (under the same `update_when`) and inserts nothing.
+    (under the same `update_when`) and inserts nothing. `skip_empty`: a source without a row (one small job,
+    cheap on a cached source) makes no MERGE, which would change nothing and still scan the table.
     """
     keys = keys or ref.keys
     path = ref.path(root)
-    if not DeltaTable.isDeltaTable(spark, path):
+    exists = DeltaTable.isDeltaTable(spark, path)
+    if exists and skip_empty and df.isEmpty():
+        return describe(spark, ref, root)
+    if not exists:
         if delete_column:
             df = df.where(~F.col(delete_column)).drop(delete_column)
         df.write.format("delta").mode("append").save(path)

@@ -469,10 +469,8 @@ def refine(spark: SparkSession, settings: Settings, key: bytes, vault_key: bytes
         try:
             links = io.read_or_empty(spark, PERSON_LINK, root)
             identities = vault.encrypted(identity_rows(patients, key, settings), vault.key_frame(spark, vault_key))
-            outputs = [checked.merge(standardize_persons(patients, sex, links, key, settings), PERSON)]
-            no_patients = patients.isEmpty() and io.exists(spark, IDENTITY, root)  # cached: no new job
-            outputs.append(io.describe(spark, IDENTITY, root) if no_patients
-                           else io.merge(spark, identities, IDENTITY, root, update_when=update_when))
+            outputs = [checked.merge(standardize_persons(patients, sex, links, key, settings), PERSON),
+                       io.merge(spark, identities, IDENTITY, root, update_when=update_when, skip_empty=True)]
             people = io.read(spark, PERSON, root)
             tables = event_tables(spark, settings, bronze, people, key)
             outputs.append(checked.merge(*tables[0]))  # encounters first: the others' rules look them up
@@ -527,20 +525,13 @@ class Checked:
             self.quarantine.append(quality.quarantine_rows(evaluated, conf, ref.name, self.run_id))
         rows = evaluated.select(*[quality.flags(conf).alias(c) if c == "dq_flags" else c for c in ref.columns],
                                 (F.col(CANCELLED) | quality.quarantined(conf)).alias(CANCELLED))
-        written = self._merge(rows, ref, empty=evaluated.isEmpty())  # cached: no new job
+        written = io.merge(self.spark, rows, ref, self.settings.root, update_when=self.update_when,
+                           delete_column=CANCELLED, skip_empty=True)  # `rows` reads the cache
         if ref == ENCOUNTER:  # the lifespan checks of the encounters and of every table after them
             silver = lambda name: io.read(self.spark, SILVER[name], self.settings.root)  # noqa: E731
             self.lives = quality.lifespan(silver).persist()
         self.results += quality.check_results(self.spark, self.settings, conf, ref.name, self.run_id, self.lives)
         return written
-
-    def _merge(self, rows: DataFrame, ref: TableRef, empty: bool) -> Written:
-        """MERGE into the table; a run with no row for it (an increment of one file, a re-map) skips the MERGE,
-        which would change nothing and still cost a scan of the table."""
-        if empty and io.exists(self.spark, ref, self.settings.root):
-            return io.describe(self.spark, ref, self.settings.root)
-        return io.merge(self.spark, rows, ref, self.settings.root, update_when=self.update_when,
-                        delete_column=CANCELLED)
 
     def recheck(self, ref: TableRef, encounters: DataFrame, arrived: DataFrame) -> Written:
         """Flags of a table's rows whose encounter arrived in this run, judged again (a lab lands before its

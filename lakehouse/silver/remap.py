@@ -22,7 +22,8 @@ from lakehouse.config import CODE_MAPPINGS
 from lakehouse.silver import vocab
 from lakehouse.silver.standardize import RECORD_KEY, normalize_icd9cm3, record_key
 
-Mappings = dict[str, frozenset[tuple[str, ...]]]  # vocabulary -> its entries
+Entries = frozenset[tuple[str, ...]]
+Mappings = dict[str, Entries]  # vocabulary -> its entries
 
 
 def current(vocab_dir: Path) -> Mappings:
@@ -51,7 +52,7 @@ def snapshot(spark: SparkSession, mappings: Mappings, version: str, run_id: str)
     return spark.createDataFrame(rows, REFINE_VOCAB.schema)
 
 
-def _holding(table: DataFrame, entries: frozenset[tuple[str, ...]], columns: list[Column]) -> DataFrame:
+def _holding(table: DataFrame, entries: Entries, columns: list[Column]) -> DataFrame:
     """Rows of `table` whose `columns` equal the leading values of one of `entries` (broadcast: a vocabulary's
     change is small)."""
     keys = sorted({entry[:len(columns)] for entry in entries})
@@ -59,26 +60,26 @@ def _holding(table: DataFrame, entries: frozenset[tuple[str, ...]], columns: lis
     return table.join(F.broadcast(wanted), [c == wanted[f"_k{i}"] for i, c in enumerate(columns)], "left_semi")
 
 
-def _local_code(t: DataFrame, entries: frozenset[tuple[str, ...]]) -> DataFrame:
+def _local_code(t: DataFrame, entries: Entries) -> DataFrame:
     return _holding(t, entries, [t.hospital_id, t.source_code])  # (hospital_id, local_code, ...)
 
 
-def _unit(t: DataFrame, entries: frozenset[tuple[str, ...]]) -> DataFrame:
+def _unit(t: DataFrame, entries: Entries) -> DataFrame:
     return _holding(t, entries, [t.loinc_code, t.source_unit])  # (loinc_code, source_unit, canonical_unit, factor)
 
 
-def _icd10(t: DataFrame, entries: frozenset[tuple[str, ...]]) -> DataFrame:
+def _icd10(t: DataFrame, entries: Entries) -> DataFrame:
     """A diagnosis whose code's entry changed or, sent without a code, one whose name's entry did."""
     by_name = _holding(t.where(t.source_code.isNull()), frozenset((name,) for _, name in entries), [t.source_name])
     return _holding(t, entries, [t.icd10_code]).unionByName(by_name)
 
 
-def _icd9cm3(t: DataFrame, entries: frozenset[tuple[str, ...]]) -> DataFrame:
+def _icd9cm3(t: DataFrame, entries: Entries) -> DataFrame:
     return _holding(t, entries, [normalize_icd9cm3(t.source_code)])  # unmapped rows keep no code: normalize again
 
 
 # silver table -> (vocabulary, the table's rows a change of its entries affects)
-AFFECTED_BY: dict[str, tuple[tuple[str, Callable[[DataFrame, frozenset[tuple[str, ...]]], DataFrame]], ...]] = {
+AFFECTED_BY: dict[str, tuple[tuple[str, Callable[[DataFrame, Entries], DataFrame]], ...]] = {
     "lab_result": (("lab_codes", _local_code), ("units", _unit)),
     "vital_sign": (("vital_codes", _local_code), ("units", _unit)),
     "medication": (("drug_codes", _local_code),),
