@@ -21,7 +21,7 @@ help:
 	@echo "make serve-api / stop-api - the REST read API (:8000) on the demo lakehouse; tokens: lakehouse api-token"
 	@echo "make cluster-up / cluster-down - a Spark standalone cluster on 127.0.0.1 (master :7077, UI :8080, two workers)"
 	@echo "make cluster-demo - the whole demo through spark-submit on that cluster (root: $(CLUSTER_ROOT))"
-	@echo "make chaos  - the kill trials of every job: the held one, and CHAOS_TRIALS seeded ones (default 5; make test runs seed 0)"
+	@echo "make chaos  - the kill trials of every job: seeded 0 then held (as make test), and seeded 1..CHAOS_TRIALS-1 (default 5)"
 	@echo "make bench  - bench-ingest, bench-refine, bench-link, bench-gold, bench-ml, then bench-generator"
 	@echo "make bench-ingest    - bronze ingest rows/s per format vs a plain Spark read, at INGEST_SIZES persons"
 	@echo "                       (default 7500 75000: ~1M and ~10M rows; ~25 min, 3 GB disk)"

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONF, one_task_conf
+from conftest import CONF, TEST_SPARK_EXTRA, one_task_conf
 
 from lakehouse.cluster import Cluster, tasks_per_worker
 from lakehouse.config import load_settings
@@ -65,10 +65,10 @@ def smoke_conf(tmp_path_factory):
     conf = one_task_conf(tmp_path_factory.mktemp("smoke-project"), SMOKE_TASK)
     taken: set[int] = set()
     port, webui, workers = _free_port(taken), _free_port(taken), _free_port(taken, 2)
-    # a tiny region is hundreds of tiny Spark jobs, each waiting more than computing: two partitions and no
-    # locality wait keep them short
+    # a tiny region is hundreds of tiny Spark jobs, each waiting more than computing: two partitions, no
+    # locality wait and no adaptive re-planning keep them short
     overlay = {"spark": {"master": f"spark://127.0.0.1:{port}", "shuffle_partitions": 2,
-                         "extra": {"spark.locality.wait": "0s"}},
+                         "extra": {"spark.locality.wait": "0s", **TEST_SPARK_EXTRA}},
                "cluster": {"port": port, "webui_port": webui, "worker_webui_port": workers}}
     (conf / "smoke").mkdir()
     (conf / "smoke" / "lakehouse.yaml").write_text(yaml.safe_dump(overlay))
